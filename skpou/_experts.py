@@ -1,0 +1,130 @@
+"""Polynomial experts: the basis, the normal equations and their solves.
+
+The expert M-step of EM is one weighted least-squares problem per node,
+
+    (sum_d w_kd phi_k(x_d) phi_k(x_d)^T + alpha I) c_k = sum_d w_kd phi_k(x_d) y_d,
+
+all decoupled. The Numba kernel assembles every node's system in one pass
+over blocks of rows; joblib threads share the blocks (the kernels release the
+GIL) and then the per-node Cholesky solves.
+"""
+
+from itertools import combinations_with_replacement
+
+import numpy as np
+from joblib import effective_n_jobs
+from sklearn.utils.parallel import Parallel, delayed
+
+from . import _kernels
+
+# Fixed block size: row blocks, and so the order of floating-point sums, never
+# depend on n_jobs, which keeps fits bit-identical across n_jobs.
+ROWS_PER_BLOCK = 8192
+
+
+def total_degree_powers(n_features, degree):
+    """Multi-indices of all monomials of total degree <= degree, shape (M, n)."""
+    powers = [np.zeros(n_features, dtype=np.int64)]
+    for total in range(1, degree + 1):
+        for combo in combinations_with_replacement(range(n_features), total):
+            powers.append(np.bincount(combo, minlength=n_features))
+    return np.array(powers, dtype=np.int64).reshape(-1, n_features)
+
+
+def row_blocks(n_samples):
+    return [
+        slice(start, min(start + ROWS_PER_BLOCK, n_samples))
+        for start in range(0, n_samples, ROWS_PER_BLOCK)
+    ]
+
+
+def map_row_blocks(function, n_samples, n_jobs):
+    """Run function(rows) for each fixed row block; results in block order."""
+    blocks = row_blocks(n_samples)
+    if len(blocks) == 1 or effective_n_jobs(n_jobs) == 1:
+        return [function(rows) for rows in blocks]
+    return Parallel(n_jobs=n_jobs, prefer="threads")(
+        delayed(function)(rows) for rows in blocks
+    )
+
+
+def local_frames(X, weights, min_scale):
+    """Centre and half-width of each node's weighted data, per feature.
+
+    Uniform data on [a, b] maps to [-1, 1]: centre = mean, half-width =
+    sqrt(3) * std. Nodes with no weight get the unit box.
+    """
+    mass = weights.sum(axis=0)
+    safe_mass = np.where(mass > 0, mass, 1.0)[:, None]
+    centers = (weights.T @ X) / safe_mass
+    second = (weights.T @ (X * X)) / safe_mass
+    var = np.maximum(second - centers**2, 0.0)
+    scales = np.maximum(np.sqrt(3.0 * var), min_scale)
+    empty = mass <= 0
+    centers[empty] = 0.0
+    scales[empty] = 1.0
+    return centers, scales
+
+
+def assemble_normal_equations(
+    X, Y, sample_weight, resp, centers, scales, powers, degree, min_resp, n_jobs
+):
+    """Per-node Gram matrices (K, M, M) and right-hand sides (K, M, T)."""
+    n_nodes = resp.shape[1]
+    n_basis = powers.shape[0]
+    n_targets = Y.shape[1]
+
+    def block(rows):
+        gram = np.zeros((n_nodes, n_basis, n_basis))
+        rhs = np.zeros((n_nodes, n_basis, n_targets))
+        _kernels.normal_equations(
+            X[rows], Y[rows], sample_weight[rows], resp[rows], centers, scales,
+            powers, degree, min_resp, gram, rhs,
+        )
+        return gram, rhs
+
+    parts = map_row_blocks(block, X.shape[0], n_jobs)
+    gram = parts[0][0]
+    rhs = parts[0][1]
+    for part_gram, part_rhs in parts[1:]:
+        gram += part_gram
+        rhs += part_rhs
+    upper = np.triu(gram)
+    gram = upper + np.swapaxes(np.triu(gram, 1), 1, 2)
+    return gram, rhs
+
+
+def _solve_batch(gram, rhs):
+    """Cholesky solves of a stack of SPD systems; eigen-solve where one fails."""
+    try:
+        lower = np.linalg.cholesky(gram)
+    except np.linalg.LinAlgError:
+        return np.stack([_solve_one(a, b) for a, b in zip(gram, rhs)])
+    half = np.linalg.solve(lower, rhs)
+    return np.linalg.solve(np.swapaxes(lower, 1, 2), half)
+
+
+def _solve_one(gram, rhs):
+    try:
+        lower = np.linalg.cholesky(gram)
+        return np.linalg.solve(lower.T, np.linalg.solve(lower, rhs))
+    except np.linalg.LinAlgError:
+        # Singular or indefinite through round-off: minimum-norm solution
+        # on the numerically positive eigenspace.
+        eigval, eigvec = np.linalg.eigh(gram)
+        keep = eigval > eigval.max() * 1e-13
+        return eigvec[:, keep] @ ((eigvec[:, keep].T @ rhs) / eigval[keep, None])
+
+
+def solve_normal_equations(gram, rhs, alpha, n_jobs):
+    """Ridge-regularized solves of all nodes' systems, batched over threads."""
+    n_nodes, n_basis, _ = gram.shape
+    gram = gram + alpha * np.eye(n_basis)
+    n_batches = min(effective_n_jobs(n_jobs), n_nodes)
+    if n_batches <= 1 or n_nodes * n_basis**3 < 2e5:
+        return _solve_batch(gram, rhs)
+    batches = np.array_split(np.arange(n_nodes), n_batches)
+    parts = Parallel(n_jobs=n_jobs, prefer="threads")(
+        delayed(_solve_batch)(gram[idx], rhs[idx]) for idx in batches
+    )
+    return np.concatenate(parts)

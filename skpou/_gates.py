@@ -1,0 +1,266 @@
+"""Gates: the conditional partition probabilities pi_{j|parent}(x).
+
+One gate object serves a whole level of the tree: the level's columns come in
+groups of ``n_children`` siblings, one group per parent node, and each
+parent's gate is a softmax over its children. The gate M-step maximises the
+soft-label cross-entropy
+
+    J_p(theta_p) = sum_d s_d sum_j r_dj log pi_{j|p}(x_d; theta_p)
+
+separately for every parent p (DESIGN.md section 3): no closed form, but a
+small, smooth problem that a second-order method solves in a few steps.
+
+- :class:`SoftmaxGate`: logits affine ("linear") or quadratic in x, fitted by
+  batched Newton steps with a backtracking line search over all parents at
+  once (the Numba kernel assembles gradients and curvatures in one pass).
+- :class:`MLPGate`: the paper's tanh MLP with softmax output, fitted parent
+  by parent with scipy's L-BFGS.
+
+Parameters are plain numpy arrays; gate objects only hold settings.
+"""
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax
+from sklearn.utils.parallel import Parallel, delayed
+from joblib import effective_n_jobs
+
+from . import _kernels
+from ._experts import map_row_blocks
+
+# Parent weight below which a sample does not enter that parent's gate fit.
+MIN_PARENT_WEIGHT = 1e-10
+
+
+def group_log_softmax(logits, n_children):
+    """Log-softmax within consecutive groups of ``n_children`` columns."""
+    n_samples, n_nodes = logits.shape
+    grouped = logits.reshape(n_samples, n_nodes // n_children, n_children)
+    return log_softmax(grouped, axis=2).reshape(n_samples, n_nodes)
+
+
+def soft_label_objective(log_prob, resp, sample_weight, n_children):
+    """J_p for every parent p: sum_d s_d sum_j r_dj log p_dj, shape (n_parents,)."""
+    n_samples, n_nodes = resp.shape
+    weighted = (sample_weight[:, None] * resp) * log_prob
+    return weighted.reshape(n_samples, -1, n_children).sum(axis=(0, 2))
+
+
+class SoftmaxGate:
+    """Softmax of affine (order 1) or quadratic (order 2) logits.
+
+    Parameters of a level: ``theta`` of shape (n_nodes, n_gate_features).
+    ``ridge`` (per unit of sample weight) keeps logits bounded when children
+    separate perfectly: exact reproduction needs sharp gates, but finite ones.
+    """
+
+    def __init__(self, order, ridge=1e-9, max_iter=10, tol=1e-10):
+        self.order = order
+        self.ridge = ridge
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def features(self, X):
+        columns = [np.ones((X.shape[0], 1)), X]
+        if self.order == 2:
+            i, j = np.triu_indices(X.shape[1])
+            columns.append(X[:, i] * X[:, j])
+        return np.hstack(columns)
+
+    def initial_params(self, n_parents, n_children, n_features, random_state):
+        n_gate_features = self.features(np.zeros((1, n_features))).shape[1]
+        return np.zeros((n_parents * n_children, n_gate_features))
+
+    def logits(self, X, theta):
+        return self.features(X) @ theta.T
+
+    def m_step(self, X, sample_weight, resp, theta, n_children, n_jobs):
+        G = self.features(X)
+        n_nodes, n_gate_features = theta.shape
+        n_parents = n_nodes // n_children
+        size = n_children * n_gate_features
+        total = sample_weight.sum()
+        eye = np.eye(size)
+
+        def penalized(theta, log_prob):
+            fit = soft_label_objective(log_prob, resp, sample_weight, n_children)
+            norm = (theta.reshape(n_parents, size) ** 2).sum(axis=1)
+            return fit / total - 0.5 * self.ridge * norm
+
+        log_prob = group_log_softmax(G @ theta.T, n_children)
+        objective = penalized(theta, log_prob)
+        for _ in range(self.max_iter):
+            grad, curvature = self._newton_terms(
+                G, sample_weight, resp, np.exp(log_prob), n_children, n_jobs
+            )
+            flat = theta.reshape(n_parents, size)
+            grad = grad.reshape(n_parents, size) / total - self.ridge * flat
+            curvature = curvature / total + self.ridge * eye
+            step = np.linalg.solve(curvature, grad[:, :, None])[:, :, 0]
+            decrement = np.einsum("ps,ps->p", grad, step)
+            if np.all(decrement <= self.tol * (1.0 + np.abs(objective))):
+                break
+            theta, log_prob, objective = self._line_search(
+                G, theta, step, decrement, objective, penalized, n_children
+            )
+        return theta
+
+    def _newton_terms(self, G, sample_weight, resp, prob, n_children, n_jobs):
+        n_parents = resp.shape[1] // n_children
+        size = n_children * G.shape[1]
+
+        def block(rows):
+            grad = np.zeros((n_parents, n_children, G.shape[1]))
+            curvature = np.zeros((n_parents, size, size))
+            _kernels.softmax_newton_terms(
+                G[rows], sample_weight[rows], resp[rows], prob[rows],
+                n_children, MIN_PARENT_WEIGHT, grad, curvature,
+            )
+            return grad, curvature
+
+        parts = map_row_blocks(block, G.shape[0], n_jobs)
+        grad = sum(part[0] for part in parts[1:]) + parts[0][0]
+        curvature = sum(part[1] for part in parts[1:]) + parts[0][1]
+        upper = np.triu(curvature)
+        return grad, upper + np.swapaxes(np.triu(curvature, 1), 1, 2)
+
+    @staticmethod
+    def _line_search(G, theta, step, decrement, objective, penalized, n_children):
+        """Backtracking (Armijo) line search, separately for every parent."""
+        n_parents, size = step.shape
+        flat = theta.reshape(n_parents, size)
+        eta = np.ones(n_parents)
+        pending = decrement > 0
+        new_flat = flat.copy()
+        new_objective = objective.copy()
+        for _ in range(30):
+            if not pending.any():
+                break
+            trial = np.where(pending[:, None], flat + eta[:, None] * step, new_flat)
+            trial_theta = trial.reshape(theta.shape)
+            log_prob = group_log_softmax(G @ trial_theta.T, n_children)
+            trial_objective = penalized(trial_theta, log_prob)
+            accept = pending & (
+                trial_objective >= objective + 1e-4 * eta * decrement
+            )
+            new_flat[accept] = trial[accept]
+            new_objective[accept] = trial_objective[accept]
+            pending &= ~accept
+            eta[pending] *= 0.5
+        theta = new_flat.reshape(theta.shape)
+        log_prob = group_log_softmax(G @ theta.T, n_children)
+        return theta, log_prob, new_objective
+
+
+class MLPGate:
+    """The paper's gate: a tanh MLP with softmax output, one per parent.
+
+    Parameters of a level: a tuple of arrays stacked over parents,
+    (W_1, b_1, ..., W_L, b_L) with W_i of shape (n_parents, fan_in, fan_out);
+    the last layer has n_children outputs.
+    """
+
+    def __init__(self, hidden_sizes=(10, 10), ridge=1e-6, max_iter=50):
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.ridge = ridge
+        self.max_iter = max_iter
+
+    def _layer_sizes(self, n_features, n_children):
+        return (n_features, *self.hidden_sizes, n_children)
+
+    def initial_params(self, n_parents, n_children, n_features, random_state):
+        sizes = self._layer_sizes(n_features, n_children)
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(6.0 / (fan_in + fan_out))  # Glorot, as MLPRegressor
+            params.append(
+                random_state.uniform(-bound, bound, (n_parents, fan_in, fan_out))
+            )
+            params.append(np.zeros((n_parents, fan_out)))
+        return tuple(params)
+
+    @staticmethod
+    def _forward(X, params):
+        """Logits (n_parents, n_samples, n_children) and hidden activations."""
+        hidden = [np.broadcast_to(X, (params[0].shape[0], *X.shape))]
+        n_layers = len(params) // 2
+        for i in range(n_layers):
+            z = hidden[-1] @ params[2 * i] + params[2 * i + 1][:, None, :]
+            if i < n_layers - 1:
+                z = np.tanh(z)
+            hidden.append(z)
+        return hidden[-1], hidden
+
+    def logits(self, X, params):
+        out, _ = self._forward(X, params)
+        n_parents, n_samples, n_children = out.shape
+        return np.transpose(out, (1, 0, 2)).reshape(n_samples, -1)
+
+    def m_step(self, X, sample_weight, resp, params, n_children, n_jobs):
+        n_parents = params[0].shape[0]
+        total = sample_weight.sum()
+        jobs = []
+        for p in range(n_parents):
+            labels = resp[:, p * n_children:(p + 1) * n_children]
+            rows = labels.sum(axis=1) > MIN_PARENT_WEIGHT
+            rows &= sample_weight > 0
+            own = tuple(param[p:p + 1] for param in params)
+            jobs.append((X[rows], sample_weight[rows] / total, labels[rows], own))
+        if effective_n_jobs(n_jobs) == 1 or n_parents == 1:
+            fitted = [self._fit_parent(*job) for job in jobs]
+        else:
+            fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
+                delayed(self._fit_parent)(*job) for job in jobs
+            )
+        return tuple(
+            np.concatenate([parent[i] for parent in fitted])
+            for i in range(len(params))
+        )
+
+    def _fit_parent(self, X, weight, labels, params):
+        if X.shape[0] == 0:
+            return params
+        shapes = [param.shape for param in params]
+        sizes = [param.size for param in params]
+
+        def unpack(flat):
+            parts = np.split(flat, np.cumsum(sizes)[:-1])
+            return [part.reshape(shape) for part, shape in zip(parts, shapes)]
+
+        def loss_and_grad(flat):
+            theta = unpack(flat)
+            out, hidden = self._forward(X, theta)
+            log_prob = log_softmax(out[0], axis=1)
+            loss = -np.sum(weight[:, None] * labels * log_prob)
+            loss += 0.5 * self.ridge * sum(np.sum(w**2) for w in theta[::2])
+            # Backpropagation of the soft-label cross-entropy.
+            parent_weight = labels.sum(axis=1)
+            delta = weight[:, None] * (
+                parent_weight[:, None] * np.exp(log_prob) - labels
+            )
+            grads = [None] * len(theta)
+            n_layers = len(theta) // 2
+            for i in reversed(range(n_layers)):
+                grads[2 * i] = hidden[i][0].T @ delta + self.ridge * theta[2 * i][0]
+                grads[2 * i + 1] = delta.sum(axis=0)
+                if i > 0:
+                    delta = (delta @ theta[2 * i][0].T) * (1.0 - hidden[i][0] ** 2)
+            flat_grad = np.concatenate(
+                [g.reshape(-1) for g in grads]
+            )
+            return loss, flat_grad
+
+        start = np.concatenate([param.reshape(-1) for param in params])
+        result = minimize(
+            loss_and_grad, start, jac=True, method="L-BFGS-B",
+            options={"maxiter": self.max_iter},
+        )
+        return tuple(unpack(result.x))
+
+
+def make_gate(kind, hidden_sizes):
+    if kind == "linear":
+        return SoftmaxGate(order=1)
+    if kind == "quadratic":
+        return SoftmaxGate(order=2)
+    return MLPGate(hidden_sizes=hidden_sizes)

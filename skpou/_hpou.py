@@ -1,0 +1,662 @@
+"""Hierarchical partition of unity networks, fitted by multilevel EM.
+
+The model (DESIGN.md section 1) is a mixture of experts over a tree of nested
+partitions. A node k at level l has gate probability
+
+    pi_k(x) = pi_parent(k)(x) * pi_{k | parent(k)}(x)
+
+and a polynomial expert mu_k(x) with noise sigma_k. Every level is a complete
+model; the prediction is the finest level's mixture mean sum_k pi_k mu_k.
+
+Training (DESIGN.md sections 2-4) is expectation-maximization:
+
+- E-step: responsibilities w_kd proportional to pi_k(x_d) N(y_d; mu_k, sigma_k^2);
+- M-step: one weighted least-squares problem per expert, the noise update,
+  and a soft-label classification problem per parent gate;
+- a V-cycle over the levels (the paper's Algorithm 1, recursive): restrict
+  the fine responsibilities to update the coarse gate, correct the coarse
+  level by a V-cycle of its own, then relax the fine level once more.
+
+The numerics live elsewhere: ``_kernels`` (Numba), ``_experts`` (normal
+equations and solves), ``_gates`` (gate families and their M-steps).
+"""
+
+import time
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from . import _kernels
+from ._experts import (
+    assemble_normal_equations,
+    local_frames,
+    map_row_blocks,
+    solve_normal_equations,
+    total_degree_powers,
+)
+from ._gates import group_log_softmax, make_gate
+
+# Nodes whose gate is below exp(-40) (~4e-18) of the row's largest gate are
+# skipped in the E-step and in predictions.
+MIN_LOG_GATE = -40.0
+# Responsibilities at or below this do not enter the normal equations.
+MIN_RESPONSIBILITY = 1e-12
+# Smallest half-width of an expert's local frame, in units of the unit box.
+MIN_FRAME_SCALE = 1e-6
+# Noise variances (standardized units) never fall below this floor, and a
+# node's own variance (sigma="em") never below this fraction of the pooled one:
+# a partition whose sigma collapses would capture its neighbours' samples.
+MIN_NOISE_VAR = 1e-24
+EM_NOISE_FLOOR = 1e-2
+# EM sweeps at each new level during the coarse-to-fine initialization.
+INIT_SWEEPS = 2
+
+
+class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
+    """Hierarchical partition of unity network regressor (multilevel EM).
+
+    A probabilistic mixture of polynomial experts over a tree of nested soft
+    partitions, trained by expectation-maximization with a multilevel
+    V-cycle (Trask, Henriksen, Martinez and Cyr, 2022).
+
+    Parameters
+    ----------
+    partitions : tuple of int, default=(8, 4)
+        Children per node at each level of the tree: ``(8,)`` is one level of
+        8 partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
+        in 2: 8 fine ones).
+
+    degree : int, default=3
+        Total degree of every polynomial expert (0 = constant).
+
+    gate : {"linear", "quadratic", "mlp"}, default="linear"
+        Gate family at every tree node: softmax of affine or quadratic logits
+        (fitted by Newton's method), or the paper's tanh MLP with softmax
+        output (fitted by L-BFGS).
+
+    gate_hidden_sizes : tuple of int, default=(10, 10)
+        Hidden layer widths of the ``"mlp"`` gate.
+
+    sigma : {"shared", "em", "fixed"}, default="shared"
+        Expert noise during training. ``"fixed"`` keeps sigma = 1 on the
+        standardized targets, as in the paper; ``"shared"`` updates one
+        sigma per level and output by EM; ``"em"`` updates one per node, floored
+        at a fraction of the shared one. Whatever the choice, each node's
+        noise is refitted at the end for ``predict(return_std=True)``.
+
+    alpha : float, default=1e-10
+        Ridge term added to every expert's normal equations (which are
+        normalized by the total sample weight), so that empty or degenerate
+        partitions never produce NaN.
+
+    n_cycles : int, default=30
+        Maximum number of V-cycles of the multilevel EM.
+
+    tol : float, default=1e-4
+        Stop when the relative change of the training loss between two
+        cycles falls below ``tol``.
+
+    n_jobs : int, default=None
+        Threads for assembling and solving the per-partition problems
+        (``None`` means 1 unless in a :func:`joblib.parallel_backend`
+        context, -1 means all processors). Results do not depend on it.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the ``"mlp"`` gate weights; the partition splitting is
+        deterministic.
+
+    verbose : int, default=0
+        Print the loss and time of each cycle.
+
+    warm_start : bool, default=False
+        Reuse the fitted gates (the partitions) on the next ``fit``. With a
+        new ``degree`` and ``n_cycles=0`` this refits the experts on frozen
+        partitions (p-refinement).
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string feature names.
+
+    n_outputs_ : int
+        Number of targets.
+
+    n_iter_ : int
+        Number of V-cycles run.
+
+    converged_ : bool
+        Whether the loss settled within ``tol`` before ``n_cycles``.
+
+    loss_curve_ : list of float
+        Training mean squared error (standardized targets) after each cycle.
+
+    coef_ : list of ndarray
+        Expert coefficients per level, shape (n_nodes, n_basis, n_outputs),
+        in each expert's local Legendre basis.
+
+    gate_params_ : list
+        Gate parameters per level below the root.
+
+    noise_var_ : list of ndarray
+        Each expert's noise variance per level, shape (n_nodes, n_outputs), in
+        standardized units, refitted after training.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpou import HierarchicalPOURegressor
+    >>> X = np.linspace(0, 1, 400).reshape(-1, 1)
+    >>> y = np.sin(2 * np.pi * X[:, 0])
+    >>> model = HierarchicalPOURegressor(partitions=(4, 2), degree=3).fit(X, y)
+    >>> float(np.max(np.abs(model.predict(X) - y))) < 1e-4
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "partitions": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "degree": [Interval(Integral, 0, None, closed="left")],
+        "gate": [StrOptions({"linear", "quadratic", "mlp"})],
+        "gate_hidden_sizes": ["array-like"],
+        "sigma": [StrOptions({"shared", "em", "fixed"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "n_cycles": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        partitions=(8, 4),
+        degree=3,
+        *,
+        gate="linear",
+        gate_hidden_sizes=(10, 10),
+        sigma="shared",
+        alpha=1e-10,
+        n_cycles=30,
+        tol=1e-4,
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.partitions = partitions
+        self.degree = degree
+        self.gate = gate
+        self.gate_hidden_sizes = gate_hidden_sizes
+        self.sigma = sigma
+        self.alpha = alpha
+        self.n_cycles = n_cycles
+        self.tol = tol
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the network by multilevel EM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets. Several outputs share the partitions.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; an integer weight equals repeating the row.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        partitions = _validated_sizes(self.partitions, "partitions")
+        _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
+        X, y = validate_data(
+            self, X, y, multi_output=True, y_numeric=True, dtype=np.float64
+        )
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+        powers = total_degree_powers(X.shape[1], self.degree)
+        n_weighted = int(np.count_nonzero(sample_weight))
+        if n_weighted < powers.shape[0]:
+            raise ValueError(
+                f"Found n_samples={n_weighted} with positive weight, but "
+                f"degree={self.degree} in {X.shape[1]} dimensions has "
+                f"{powers.shape[0]} basis functions: at least that many "
+                "samples are needed. Lower `degree` or add samples."
+            )
+
+        tree = (partitions, self.gate, tuple(self.gate_hidden_sizes), X.shape[1])
+        keep_partitions = self.warm_start and getattr(self, "_tree", None) == tree
+        self._tree = tree
+        self.partitions_ = partitions
+        self.powers_ = powers
+        self._y_was_1d = y.ndim == 1
+        Y = y.reshape(y.shape[0], -1)
+        self.n_outputs_ = Y.shape[1]
+        self._fit_scaling(X, Y, sample_weight)
+        data = _TrainingData(
+            X=self._scale_inputs(X),
+            Y=(Y - self.y_offset_) / self.y_scale_,
+            sample_weight=sample_weight,
+        )
+        random_state = check_random_state(self.random_state)
+
+        if keep_partitions:
+            self._refit_experts_on_frozen_gates(data)
+        else:
+            self._initialize(data, random_state)
+        self._run_v_cycles(data)
+        self._refit_noise(data)
+        return self
+
+    def _run_v_cycles(self, data):
+        finest = len(self.partitions_)
+        self.loss_curve_ = []
+        self.converged_ = False
+        self.n_iter_ = 0
+        previous = self._training_loss(data)
+        start = time.perf_counter()
+        for cycle in range(self.n_cycles):
+            self._v_cycle(data, finest)
+            loss = self._training_loss(data)
+            self.loss_curve_.append(loss)
+            self.n_iter_ = cycle + 1
+            if self.verbose:
+                print(
+                    f"[HierarchicalPOURegressor] cycle {cycle + 1}/{self.n_cycles}"
+                    f": loss={loss:.4e}, elapsed={time.perf_counter() - start:.2f}s",
+                    flush=True,
+                )
+            if abs(previous - loss) <= self.tol * max(previous, np.finfo(float).tiny):
+                self.converged_ = True
+                break
+            previous = loss
+
+    # ------------------------------------------------- multilevel training
+
+    def _initialize(self, data, random_state):
+        """Coarse-to-fine start: fit the root, then split each level in turn.
+
+        Each node is split along its principal axis at weighted quantiles, so
+        the start is deterministic and sample-weight aware; a few EM sweeps
+        on the new level follow before the next split.
+        """
+        n_samples = data.X.shape[0]
+        n_levels = len(self.partitions_) + 1
+        self.coef_ = [None] * n_levels
+        self.centers_ = [None] * n_levels
+        self.scales_ = [None] * n_levels
+        self.log_var_ = [None] * n_levels
+        self.gate_params_ = []
+
+        resp = np.ones((n_samples, 1))
+        self._m_step_experts(data, 0, resp)
+        self._m_step_noise(data, 0, resp)
+        for level, n_children in enumerate(self.partitions_, start=1):
+            split = _principal_axis_split(data, resp, n_children)
+            params = self._gate_family().initial_params(
+                resp.shape[1], n_children, data.X.shape[1], random_state
+            )
+            self.gate_params_.append(
+                self._gate_family().m_step(
+                    data.X, data.sample_weight, split, params, n_children,
+                    self.n_jobs,
+                )
+            )
+            resp = self._log_gates(data.X, level)
+            resp = np.exp(resp, out=resp)
+            self._m_step_experts(data, level, resp)
+            self._m_step_noise(data, level, resp)
+            for _ in range(INIT_SWEEPS):
+                resp = self._relax(data, level)
+            if self.verbose:
+                print(
+                    f"[HierarchicalPOURegressor] initialized level {level}: "
+                    f"{resp.shape[1]} partitions, "
+                    f"loss={self._training_loss(data, level):.4e}",
+                    flush=True,
+                )
+
+    def _refit_experts_on_frozen_gates(self, data):
+        """Warm start: keep the partitions, refit every expert (p-refinement).
+
+        With the gates frozen, each expert is fitted to its partition's
+        gate-weighted data, then the noise is refitted for those experts.
+        """
+        for level in range(len(self.partitions_) + 1):
+            resp = np.exp(self._log_gates(data.X, level))
+            self._m_step_experts(data, level, resp)
+            self._m_step_noise(data, level, resp)
+
+    def _v_cycle(self, data, level):
+        """One V-cycle (the paper's Algorithm 1 with S_pre=0, S_coarse=S_post=1).
+
+        Restriction: summing the fine responsibilities over siblings gives
+        the coarse ones, which update the coarse gate (objective L_f2c).
+        Coarse correction: a V-cycle one level up. Prolongation needs no
+        transfer: the fine gates read the coarse gate through the product.
+        Post-relaxation: one EM sweep on this level.
+        """
+        if level > 1:
+            resp, _ = self._e_step(data, level)
+            coarse_resp = _restrict(resp, self.partitions_[level - 1])
+            del resp
+            self._m_step_gates(data, level - 1, coarse_resp)
+            del coarse_resp
+            self._v_cycle(data, level - 1)
+        return self._relax(data, level)
+
+    def _relax(self, data, level):
+        """One EM sweep at a level: E-step, then the three M-steps."""
+        resp, _ = self._e_step(data, level)
+        self._m_step_experts(data, level, resp)
+        self._m_step_noise(data, level, resp)
+        self._m_step_gates(data, level, resp)
+        return resp
+
+    # ------------------------------------------------------ EM building blocks
+
+    def _log_gates(self, X, level):
+        """log pi_k(x) of every node at a level: the product of the gates above."""
+        log_gate = np.zeros((X.shape[0], 1))
+        for params, n_children in zip(
+            self.gate_params_[:level], self.partitions_[:level]
+        ):
+            logits = self._gate_family().logits(X, params)
+            log_gate = np.repeat(log_gate, n_children, axis=1)
+            log_gate += group_log_softmax(logits, n_children)
+        return log_gate
+
+    def _e_step(self, data, level):
+        """Responsibilities (n_samples, n_nodes) and mean log-likelihood."""
+        log_gate = self._log_gates(data.X, level)
+        resp = np.empty_like(log_gate)
+        log_lik = np.empty(data.X.shape[0])
+        mean = np.empty_like(data.Y)
+
+        def block(rows):
+            _kernels.e_step(
+                data.X[rows], data.Y[rows], log_gate[rows], self.centers_[level],
+                self.scales_[level], self.coef_[level], self.powers_,
+                self.degree, self.log_var_[level], MIN_LOG_GATE,
+                resp[rows], log_lik[rows], mean[rows],
+            )
+
+        map_row_blocks(block, data.X.shape[0], self.n_jobs)
+        sw = data.sample_weight
+        return resp, float(sw @ log_lik / sw.sum())
+
+    def _m_step_experts(self, data, level, resp):
+        """Weighted least squares per node, each in its own local frame."""
+        weights = data.sample_weight[:, None] * resp
+        total = data.sample_weight.sum()
+        centers, scales = local_frames(data.X, weights, MIN_FRAME_SCALE)
+        del weights
+        gram, rhs = assemble_normal_equations(
+            data.X, data.Y, data.sample_weight, resp, centers, scales,
+            self.powers_, self.degree, MIN_RESPONSIBILITY, self.n_jobs,
+        )
+        self.coef_[level] = solve_normal_equations(
+            gram / total, rhs / total, self.alpha, self.n_jobs
+        )
+        self.centers_[level] = centers
+        self.scales_[level] = scales
+
+    def _weighted_residuals(self, data, level, resp):
+        """Per node and output: sum_d w_kd (y_d - mu_k(x_d))^2 and sum_d w_kd."""
+        n_nodes = resp.shape[1]
+
+        def block(rows):
+            out = np.zeros((n_nodes, self.n_outputs_))
+            _kernels.weighted_squared_residuals(
+                data.X[rows], data.Y[rows], data.sample_weight[rows], resp[rows],
+                self.centers_[level], self.scales_[level], self.coef_[level],
+                self.powers_, self.degree, MIN_RESPONSIBILITY, out,
+            )
+            return out
+
+        parts = map_row_blocks(block, data.X.shape[0], self.n_jobs)
+        squared = parts[0]
+        for part in parts[1:]:
+            squared += part
+        return squared, data.sample_weight @ resp
+
+    def _m_step_noise(self, data, level, resp):
+        n_nodes = resp.shape[1]
+        if self.sigma == "fixed":
+            self.log_var_[level] = np.zeros((n_nodes, self.n_outputs_))
+            return
+        squared, mass = self._weighted_residuals(data, level, resp)
+        pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
+        if self.sigma == "shared":
+            var = np.broadcast_to(pooled, squared.shape)
+        else:
+            own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
+            var = np.where(mass[:, None] > 0, own, pooled)
+            var = np.maximum(var, EM_NOISE_FLOOR * pooled)
+        self.log_var_[level] = np.log(var)
+
+    def _m_step_gates(self, data, level, resp):
+        """Update the conditional gates pi_{j|parent} of one level."""
+        self.gate_params_[level - 1] = self._gate_family().m_step(
+            data.X, data.sample_weight, resp, self.gate_params_[level - 1],
+            self.partitions_[level - 1], self.n_jobs,
+        )
+
+    def _refit_noise(self, data):
+        """Each node's own noise variance, for the predictive variance."""
+        self.noise_var_ = []
+        for level in range(len(self.partitions_) + 1):
+            resp, _ = self._e_step(data, level)
+            squared, mass = self._weighted_residuals(data, level, resp)
+            pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
+            own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
+            var = np.where(mass[:, None] > 0, own, pooled)
+            self.noise_var_.append(np.maximum(var, MIN_NOISE_VAR))
+
+    def _training_loss(self, data, level=None):
+        """Weighted mean squared error of the mixture mean (standardized)."""
+        mean, _ = self._moments(data.X, self._level_index(level), self.log_var_)
+        sw = data.sample_weight
+        return float(sw @ ((mean - data.Y) ** 2).mean(axis=1) / sw.sum())
+
+    def _moments(self, X, level, log_var):
+        log_gate = self._log_gates(X, level)
+        var = np.exp(log_var[level])
+        mean = np.empty((X.shape[0], self.n_outputs_))
+        variance = np.empty_like(mean)
+
+        def block(rows):
+            _kernels.mixture_moments(
+                X[rows], log_gate[rows], self.centers_[level], self.scales_[level],
+                self.coef_[level], self.powers_, self.degree, var, MIN_LOG_GATE,
+                mean[rows], variance[rows],
+            )
+
+        map_row_blocks(block, X.shape[0], self.n_jobs)
+        return mean, variance
+
+    # --------------------------------------------------------------- predict
+
+    def predict(self, X, return_std=False):
+        """Predict with the finest level's mixture mean.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        return_std : bool, default=False
+            Also return the predictive standard deviation of the mixture,
+            sqrt(sum_k pi_k (sigma_k^2 + mu_k^2) - mean^2).
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predicted mean.
+
+        y_std : ndarray, same shape as y_mean
+            Predictive standard deviation; only if ``return_std`` is True.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        mean, variance = self._moments(
+            self._scale_inputs(X), len(self.partitions_), self.noise_var_
+        )
+        mean = mean * self.y_scale_ + self.y_offset_
+        if self._y_was_1d:
+            mean, variance = mean[:, 0], variance[:, 0]
+        if not return_std:
+            return mean
+        std = np.sqrt(variance) * (self.y_scale_[0] if self._y_was_1d else self.y_scale_)
+        return mean, std
+
+    def predict_partitions(self, X, level=-1):
+        """Gate probabilities pi_k(x) of every partition at one level.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        level : int, default=-1
+            Tree level: 0 is the root (one partition), 1 the coarsest split,
+            -1 the finest level.
+
+        Returns
+        -------
+        probabilities : ndarray of shape (n_samples, n_partitions)
+            Rows sum to one.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        n_levels = len(self.partitions_) + 1
+        if not isinstance(level, Integral) or not -n_levels <= level < n_levels:
+            raise ValueError(
+                f"level must be an integer in [{-n_levels}, {n_levels - 1}] for "
+                f"partitions={self.partitions_}; got {level!r}."
+            )
+        return np.exp(self._log_gates(self._scale_inputs(X), level % n_levels))
+
+    # -------------------------------------------------------------- helpers
+
+    def _gate_family(self):
+        # Gate objects hold settings only, so they are built on demand and
+        # the fitted estimator keeps nothing but arrays.
+        return make_gate(self.gate, self.gate_hidden_sizes)
+
+    def _level_index(self, level):
+        return len(self.partitions_) if level is None else level
+
+    def _fit_scaling(self, X, Y, sample_weight):
+        """Inputs to [-1, 1] over the weighted rows; targets standardized."""
+        weighted = sample_weight > 0
+        low = X[weighted].min(axis=0)
+        high = X[weighted].max(axis=0)
+        half_range = (high - low) / 2.0
+        self.x_offset_ = low + half_range
+        self.x_scale_ = np.where(half_range > 0, half_range, 1.0)
+        self.y_offset_ = np.average(Y, axis=0, weights=sample_weight)
+        spread = np.sqrt(
+            np.average((Y - self.y_offset_) ** 2, axis=0, weights=sample_weight)
+        )
+        self.y_scale_ = np.where(spread > 0, spread, 1.0)
+
+    def _scale_inputs(self, X):
+        return (X - self.x_offset_) / self.x_scale_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+class _TrainingData:
+    """Scaled training arrays, passed together through the EM steps."""
+
+    __slots__ = ("X", "Y", "sample_weight")
+
+    def __init__(self, X, Y, sample_weight):
+        self.X = np.ascontiguousarray(X)
+        self.Y = np.ascontiguousarray(Y)
+        self.sample_weight = sample_weight
+
+
+def _validated_sizes(sizes, name):
+    values = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
+    if not values or not all(
+        isinstance(v, Integral) and not isinstance(v, bool) and v >= 1
+        for v in values
+    ):
+        raise ValueError(
+            f"{name} must be a non-empty tuple of positive integers; got {sizes!r}."
+        )
+    return tuple(int(v) for v in values)
+
+
+def _restrict(resp, n_children):
+    """Coarse responsibilities: sum of the fine ones over each node's children."""
+    n_samples, n_nodes = resp.shape
+    return resp.reshape(n_samples, n_nodes // n_children, n_children).sum(axis=2)
+
+
+def _principal_axis_split(data, resp, n_children):
+    """Soft split of every node into n_children slabs along its principal axis.
+
+    Slab boundaries are weighted quantiles (inverted CDF, so integer weights
+    equal repeated rows) of the projection on the node's principal axis. The
+    returned labels (n_samples, n_nodes * n_children) are the parents'
+    responsibilities times a softmax whose logits are ordered in the
+    projection t: logit_j = beta (j t - sum_{i<=j} q_i) changes winner at q_j.
+    """
+    X, sw = data.X, data.sample_weight
+    n_samples, n_parents = resp.shape
+    labels = np.zeros((n_samples, n_parents * n_children))
+    steps = np.arange(n_children)
+    for p in range(n_parents):
+        weight = sw * resp[:, p]
+        rows = weight > MIN_RESPONSIBILITY * sw
+        if not rows.any():
+            labels[:, p * n_children:(p + 1) * n_children] = resp[:, [p]] / n_children
+            continue
+        mean = np.average(X[rows], axis=0, weights=weight[rows])
+        cov = np.cov(X[rows] - mean, rowvar=False, aweights=weight[rows], bias=True)
+        _, eigvec = np.linalg.eigh(np.atleast_2d(cov))
+        axis = eigvec[:, -1]
+        axis *= np.sign(axis[np.argmax(np.abs(axis))])
+        t = X @ axis
+        quantiles = np.quantile(
+            t[rows], steps[1:] / n_children, weights=weight[rows],
+            method="inverted_cdf",
+        )
+        spread = np.sqrt(np.average((t[rows] - t[rows] @ weight[rows] / weight[rows].sum()) ** 2, weights=weight[rows]))
+        beta = 4.0 * n_children / spread if spread > 0 else 0.0
+        offsets = np.concatenate([[0.0], np.cumsum(quantiles)])
+        logits = beta * (np.outer(t, steps) - offsets)
+        labels[:, p * n_children:(p + 1) * n_children] = resp[:, [p]] * np.exp(
+            group_log_softmax(logits, n_children)
+        )
+    return labels
