@@ -34,16 +34,9 @@ MIN_PARENT_WEIGHT = 1e-10
 
 def group_log_softmax(logits, n_children):
     """Log-softmax within consecutive groups of ``n_children`` columns."""
-    n_samples, n_nodes = logits.shape
-    grouped = logits.reshape(n_samples, n_nodes // n_children, n_children)
-    return log_softmax(grouped, axis=2).reshape(n_samples, n_nodes)
-
-
-def soft_label_objective(log_prob, resp, sample_weight, n_children):
-    """J_p for every parent p: sum_d s_d sum_j r_dj log p_dj, shape (n_parents,)."""
-    n_samples, n_nodes = resp.shape
-    weighted = (sample_weight[:, None] * resp) * log_prob
-    return weighted.reshape(n_samples, -1, n_children).sum(axis=(0, 2))
+    out = np.empty_like(logits)
+    _kernels.group_log_softmax(logits, n_children, out)
+    return out
 
 
 class SoftmaxGate:
@@ -54,7 +47,7 @@ class SoftmaxGate:
     separate perfectly: exact reproduction needs sharp gates, but finite ones.
     """
 
-    def __init__(self, order, ridge=1e-9, max_iter=10, tol=1e-10):
+    def __init__(self, order, ridge=1e-9, max_iter=5, tol=1e-10):
         self.order = order
         self.ridge = ridge
         self.max_iter = max_iter
@@ -74,7 +67,9 @@ class SoftmaxGate:
     def logits(self, X, theta):
         return self.features(X) @ theta.T
 
-    def m_step(self, X, sample_weight, resp, theta, n_children, n_jobs):
+    def m_step(
+        self, X, sample_weight, resp, theta, n_children, n_jobs, max_iter=None
+    ):
         G = self.features(X)
         n_nodes, n_gate_features = theta.shape
         n_parents = n_nodes // n_children
@@ -82,14 +77,19 @@ class SoftmaxGate:
         total = sample_weight.sum()
         eye = np.eye(size)
 
-        def penalized(theta, log_prob):
-            fit = soft_label_objective(log_prob, resp, sample_weight, n_children)
+        def penalized(theta):
+            """Log gate probabilities and the penalized J_p of every parent."""
+            log_prob = np.empty((G.shape[0], n_nodes))
+            fit = np.zeros(n_parents)
+            _kernels.softmax_gate_objective(
+                G, theta, sample_weight, resp, n_children, MIN_PARENT_WEIGHT,
+                log_prob, fit,
+            )
             norm = (theta.reshape(n_parents, size) ** 2).sum(axis=1)
-            return fit / total - 0.5 * self.ridge * norm
+            return log_prob, fit / total - 0.5 * self.ridge * norm
 
-        log_prob = group_log_softmax(G @ theta.T, n_children)
-        objective = penalized(theta, log_prob)
-        for _ in range(self.max_iter):
+        log_prob, objective = penalized(theta)
+        for _ in range(self.max_iter if max_iter is None else max_iter):
             grad, curvature = self._newton_terms(
                 G, sample_weight, resp, np.exp(log_prob), n_children, n_jobs
             )
@@ -101,7 +101,8 @@ class SoftmaxGate:
             if np.all(decrement <= self.tol * (1.0 + np.abs(objective))):
                 break
             theta, log_prob, objective = self._line_search(
-                G, theta, step, decrement, objective, penalized, n_children
+                theta, log_prob, step, decrement, objective, penalized,
+                n_children,
             )
         return theta
 
@@ -125,31 +126,36 @@ class SoftmaxGate:
         return grad, upper + np.swapaxes(np.triu(curvature, 1), 1, 2)
 
     @staticmethod
-    def _line_search(G, theta, step, decrement, objective, penalized, n_children):
-        """Backtracking (Armijo) line search, separately for every parent."""
+    def _line_search(
+        theta, log_prob, step, decrement, objective, penalized, n_children
+    ):
+        """Backtracking (Armijo) line search, separately for every parent.
+
+        Parents whose step never satisfies the Armijo condition keep their
+        parameters.
+        """
         n_parents, size = step.shape
         flat = theta.reshape(n_parents, size)
         eta = np.ones(n_parents)
         pending = decrement > 0
         new_flat = flat.copy()
         new_objective = objective.copy()
+        new_log_prob = log_prob.copy()
         for _ in range(30):
             if not pending.any():
                 break
             trial = np.where(pending[:, None], flat + eta[:, None] * step, new_flat)
-            trial_theta = trial.reshape(theta.shape)
-            log_prob = group_log_softmax(G @ trial_theta.T, n_children)
-            trial_objective = penalized(trial_theta, log_prob)
+            trial_log_prob, trial_objective = penalized(trial.reshape(theta.shape))
             accept = pending & (
                 trial_objective >= objective + 1e-4 * eta * decrement
             )
             new_flat[accept] = trial[accept]
             new_objective[accept] = trial_objective[accept]
+            columns = np.repeat(accept, n_children)
+            new_log_prob[:, columns] = trial_log_prob[:, columns]
             pending &= ~accept
             eta[pending] *= 0.5
-        theta = new_flat.reshape(theta.shape)
-        log_prob = group_log_softmax(G @ theta.T, n_children)
-        return theta, log_prob, new_objective
+        return new_flat.reshape(theta.shape), new_log_prob, new_objective
 
 
 class MLPGate:
@@ -196,7 +202,9 @@ class MLPGate:
         n_parents, n_samples, n_children = out.shape
         return np.transpose(out, (1, 0, 2)).reshape(n_samples, -1)
 
-    def m_step(self, X, sample_weight, resp, params, n_children, n_jobs):
+    def m_step(
+        self, X, sample_weight, resp, params, n_children, n_jobs, max_iter=None
+    ):
         n_parents = params[0].shape[0]
         total = sample_weight.sum()
         jobs = []
@@ -205,7 +213,10 @@ class MLPGate:
             rows = labels.sum(axis=1) > MIN_PARENT_WEIGHT
             rows &= sample_weight > 0
             own = tuple(param[p:p + 1] for param in params)
-            jobs.append((X[rows], sample_weight[rows] / total, labels[rows], own))
+            jobs.append(
+                (X[rows], sample_weight[rows] / total, labels[rows], own,
+                 self.max_iter if max_iter is None else max_iter)
+            )
         if effective_n_jobs(n_jobs) == 1 or n_parents == 1:
             fitted = [self._fit_parent(*job) for job in jobs]
         else:
@@ -217,7 +228,7 @@ class MLPGate:
             for i in range(len(params))
         )
 
-    def _fit_parent(self, X, weight, labels, params):
+    def _fit_parent(self, X, weight, labels, params, max_iter):
         if X.shape[0] == 0:
             return params
         shapes = [param.shape for param in params]
@@ -253,7 +264,7 @@ class MLPGate:
         start = np.concatenate([param.reshape(-1) for param in params])
         result = minimize(
             loss_and_grad, start, jac=True, method="L-BFGS-B",
-            options={"maxiter": self.max_iter},
+            options={"maxiter": max_iter},
         )
         return tuple(unpack(result.x))
 

@@ -58,6 +58,11 @@ MIN_NOISE_VAR = 1e-24
 EM_NOISE_FLOOR = 1e-2
 # EM sweeps at each new level during the coarse-to-fine initialization.
 INIT_SWEEPS = 2
+# Gate iterations (Newton or L-BFGS) fitting a new level's gates to the
+# initial split, and per gate M-step inside EM (a partial M-step: EM still
+# increases the likelihood, and the next sweep continues where it stopped).
+INIT_GATE_ITER = 20
+SWEEP_GATE_ITER = 2
 
 
 class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
@@ -322,7 +327,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             self.gate_params_.append(
                 self._gate_family().m_step(
                     data.X, data.sample_weight, split, params, n_children,
-                    self.n_jobs,
+                    self.n_jobs, max_iter=INIT_GATE_ITER,
                 )
             )
             resp = self._log_gates(data.X, level)
@@ -462,7 +467,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """Update the conditional gates pi_{j|parent} of one level."""
         self.gate_params_[level - 1] = self._gate_family().m_step(
             data.X, data.sample_weight, resp, self.gate_params_[level - 1],
-            self.partitions_[level - 1], self.n_jobs,
+            self.partitions_[level - 1], self.n_jobs, max_iter=SWEEP_GATE_ITER,
         )
 
     def _refit_noise(self, data):

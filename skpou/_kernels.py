@@ -295,3 +295,63 @@ def weighted_squared_residuals(
             for t in range(n_targets):
                 residual = Y[d, t] - mu[t]
                 out[k, t] += w * residual * residual
+
+
+@njit(cache=True, nogil=True)
+def group_log_softmax(logits, n_children, out):
+    """Log-softmax within consecutive groups of n_children columns."""
+    n_samples, n_nodes = logits.shape
+    for d in range(n_samples):
+        for base in range(0, n_nodes, n_children):
+            largest = -np.inf
+            for j in range(base, base + n_children):
+                largest = max(largest, logits[d, j])
+            total = 0.0
+            for j in range(base, base + n_children):
+                total += math.exp(logits[d, j] - largest)
+            log_total = largest + math.log(total)
+            for j in range(base, base + n_children):
+                out[d, j] = logits[d, j] - log_total
+
+
+@njit(cache=True, nogil=True)
+def softmax_gate_objective(
+    G, theta, sample_weight, resp, n_children, min_weight, log_prob, objective,
+):
+    """Softmax-of-linear-logits gate: log probabilities and J_p per parent.
+
+    For every sample whose parent weight u_d = sum_j r_dj exceeds min_weight,
+    fills that parent's columns of log_prob with log pi_{j|p}(x_d) for logits
+    G @ theta.T, and adds s_d sum_j r_dj log pi_{j|p}(x_d) to objective[p].
+    Other (sample, parent) pairs do not enter the gate fit: their columns
+    are set to the uniform log(1 / n_children) and cost nothing.
+    """
+    n_samples, n_features = G.shape
+    n_nodes = theta.shape[0]
+    uniform = -math.log(n_children)
+    for d in range(n_samples):
+        s = sample_weight[d]
+        for base in range(0, n_nodes, n_children):
+            u = 0.0
+            for j in range(base, base + n_children):
+                u += resp[d, j]
+            if u <= min_weight or s == 0.0:
+                for j in range(base, base + n_children):
+                    log_prob[d, j] = uniform
+                continue
+            largest = -np.inf
+            for j in range(base, base + n_children):
+                acc = 0.0
+                for f in range(n_features):
+                    acc += G[d, f] * theta[j, f]
+                log_prob[d, j] = acc
+                largest = max(largest, acc)
+            total = 0.0
+            for j in range(base, base + n_children):
+                total += math.exp(log_prob[d, j] - largest)
+            log_total = largest + math.log(total)
+            fit = 0.0
+            for j in range(base, base + n_children):
+                log_prob[d, j] -= log_total
+                fit += resp[d, j] * log_prob[d, j]
+            objective[base // n_children] += s * fit
