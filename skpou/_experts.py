@@ -13,6 +13,8 @@ from itertools import combinations_with_replacement
 
 import numpy as np
 from joblib import effective_n_jobs
+from scipy import sparse
+from scipy.sparse.linalg import splu
 from sklearn.utils.parallel import Parallel, delayed
 
 from . import _kernels
@@ -128,3 +130,62 @@ def solve_normal_equations(gram, rhs, alpha, n_jobs):
         delayed(_solve_batch)(gram[idx], rhs[idx]) for idx in batches
     )
     return np.concatenate(parts)
+
+
+def solve_blended_least_squares(
+    X, Y, sample_weight, log_gate, centers, scales, coef, powers, degree,
+    min_log_gate, alpha, n_jobs,
+):
+    """Joint least squares of all experts against the blended mean, gates frozen.
+
+    EM fits each expert to its own weighted data; where gates overlap, the
+    blended mean sum_k pi_k mu_k is then not the least-squares optimum. This
+    solves for every coefficient at once (the deterministic POU network's
+    problem). Only overlapping nodes couple, so the matrix is block-sparse
+    and a sparse LU solves it. The ridge term pulls towards the EM
+    coefficients ``coef``, so nodes the data barely reach keep them.
+    """
+    n_nodes = log_gate.shape[1]
+    n_basis = powers.shape[0]
+    n_targets = Y.shape[1]
+    overlaps = np.zeros((n_nodes, n_nodes), dtype=np.bool_)
+    _kernels.overlapping_pairs(log_gate, min_log_gate, overlaps)
+    first, second = np.nonzero(overlaps)
+    pair_id = np.full((n_nodes, n_nodes), -1, dtype=np.int64)
+    pair_id[first, second] = np.arange(first.size)
+
+    def block(rows):
+        blocks = np.zeros((first.size, n_basis, n_basis))
+        rhs = np.zeros((n_nodes, n_basis, n_targets))
+        _kernels.blended_normal_equations(
+            X[rows], Y[rows], sample_weight[rows], log_gate[rows], centers,
+            scales, powers, degree, min_log_gate, pair_id, blocks, rhs,
+        )
+        return blocks, rhs
+
+    parts = map_row_blocks(block, X.shape[0], n_jobs)
+    blocks, rhs = parts[0]
+    for part_blocks, part_rhs in parts[1:]:
+        blocks += part_blocks
+        rhs += part_rhs
+    total = sample_weight.sum()
+    blocks /= total
+    rhs = rhs / total + alpha * coef
+
+    offsets = np.arange(n_basis)
+    rows = (first[:, None, None] * n_basis + offsets[None, :, None]).repeat(n_basis, 2)
+    cols = (second[:, None, None] * n_basis + offsets[None, None, :]).repeat(n_basis, 1)
+    off_diagonal = first != second
+    size = n_nodes * n_basis
+    matrix = sparse.coo_array(
+        (
+            np.concatenate([blocks.ravel(), blocks[off_diagonal].ravel(), np.full(size, alpha)]),
+            (
+                np.concatenate([rows.ravel(), cols[off_diagonal].ravel(), np.arange(size)]),
+                np.concatenate([cols.ravel(), rows[off_diagonal].ravel(), np.arange(size)]),
+            ),
+        ),
+        shape=(size, size),
+    ).tocsc()
+    solution = splu(matrix).solve(rhs.reshape(size, n_targets))
+    return solution.reshape(n_nodes, n_basis, n_targets)

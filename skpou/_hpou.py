@@ -39,14 +39,15 @@ from ._experts import (
     assemble_normal_equations,
     local_frames,
     map_row_blocks,
+    solve_blended_least_squares,
     solve_normal_equations,
     total_degree_powers,
 )
 from ._gates import group_log_softmax, make_gate
 
-# Nodes whose gate is below exp(-40) (~4e-18) of the row's largest gate are
+# Nodes whose gate is below exp(-30) (~1e-13) of the row's largest gate are
 # skipped in the E-step and in predictions.
-MIN_LOG_GATE = -40.0
+MIN_LOG_GATE = -30.0
 # Responsibilities at or below this do not enter the normal equations.
 MIN_RESPONSIBILITY = 1e-12
 # Smallest half-width of an expert's local frame, in units of the unit box.
@@ -74,12 +75,12 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    partitions : tuple of int, default=(8, 4)
+    partitions : tuple of int, default=(4, 4)
         Children per node at each level of the tree: ``(8,)`` is one level of
         8 partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
         in 2: 8 fine ones).
 
-    degree : int, default=3
+    degree : int, default=4
         Total degree of every polynomial expert (0 = constant).
 
     gate : {"linear", "quadratic", "mlp"}, default="linear"
@@ -102,12 +103,20 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         normalized by the total sample weight), so that empty or degenerate
         partitions never produce NaN.
 
-    n_cycles : int, default=30
+    polish : bool, default=True
+        After training, refit the finest level's experts jointly by least
+        squares against the blended mean with the gates frozen (the
+        deterministic POU network's problem). EM fits each expert to its own
+        responsibilities, which is not the least-squares optimum of the mean
+        where gates overlap.
+
+    n_cycles : int, default=10
         Maximum number of V-cycles of the multilevel EM.
 
     tol : float, default=1e-4
-        Stop when the relative change of the training loss between two
-        cycles falls below ``tol``.
+        Stop when the relative change of the EM objective (the negative mean
+        log-likelihood, relative to max(|loss|, 1)) between two cycles falls
+        below ``tol``. ``tol=0`` runs all ``n_cycles``.
 
     n_jobs : int, default=None
         Threads for assembling and solving the per-partition problems
@@ -144,7 +153,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Whether the loss settled within ``tol`` before ``n_cycles``.
 
     loss_curve_ : list of float
-        Training mean squared error (standardized targets) after each cycle.
+        EM objective of each cycle: the finest level's negative mean
+        log-likelihood of the standardized training targets.
 
     coef_ : list of ndarray
         Expert coefficients per level, shape (n_nodes, n_basis, n_outputs),
@@ -175,6 +185,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         "gate_hidden_sizes": ["array-like"],
         "sigma": [StrOptions({"shared", "em", "fixed"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "polish": ["boolean"],
         "n_cycles": [Interval(Integral, 0, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_jobs": [Integral, None],
@@ -185,14 +196,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        partitions=(8, 4),
-        degree=3,
+        partitions=(4, 4),
+        degree=4,
         *,
         gate="linear",
         gate_hidden_sizes=(10, 10),
         sigma="shared",
         alpha=1e-10,
-        n_cycles=30,
+        polish=True,
+        n_cycles=10,
         tol=1e-4,
         n_jobs=None,
         random_state=None,
@@ -205,6 +217,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.gate_hidden_sizes = gate_hidden_sizes
         self.sigma = sigma
         self.alpha = alpha
+        self.polish = polish
         self.n_cycles = n_cycles
         self.tol = tol
         self.n_jobs = n_jobs
@@ -273,31 +286,40 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         else:
             self._initialize(data, random_state)
         self._run_v_cycles(data)
+        if self.polish:
+            self._polish_finest_experts(data)
         self._refit_noise(data)
         return self
 
     def _run_v_cycles(self, data):
+        """V-cycles until the EM objective settles (relative change < tol).
+
+        The objective is the finest level's negative mean log-likelihood,
+        as evaluated by the E-step of each cycle's post-relaxation (EM never
+        needs a separate pass for it). Its change is taken relative to
+        max(|loss|, 1): the log-likelihood has no natural scale near zero.
+        """
         finest = len(self.partitions_)
         self.loss_curve_ = []
         self.converged_ = False
         self.n_iter_ = 0
-        previous = self._training_loss(data)
         start = time.perf_counter()
         for cycle in range(self.n_cycles):
-            self._v_cycle(data, finest)
-            loss = self._training_loss(data)
+            _, log_lik = self._v_cycle(data, finest)
+            loss = -log_lik
             self.loss_curve_.append(loss)
             self.n_iter_ = cycle + 1
             if self.verbose:
                 print(
                     f"[HierarchicalPOURegressor] cycle {cycle + 1}/{self.n_cycles}"
-                    f": loss={loss:.4e}, elapsed={time.perf_counter() - start:.2f}s",
+                    f": loss={loss:.6e}, elapsed={time.perf_counter() - start:.2f}s",
                     flush=True,
                 )
-            if abs(previous - loss) <= self.tol * max(previous, np.finfo(float).tiny):
-                self.converged_ = True
-                break
-            previous = loss
+            if cycle > 0:
+                change = abs(self.loss_curve_[-2] - loss)
+                if change <= self.tol * max(abs(loss), 1.0):
+                    self.converged_ = True
+                    break
 
     # ------------------------------------------------- multilevel training
 
@@ -335,12 +357,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             self._m_step_experts(data, level, resp)
             self._m_step_noise(data, level, resp)
             for _ in range(INIT_SWEEPS):
-                resp = self._relax(data, level)
+                resp, log_lik = self._relax(data, level)
             if self.verbose:
                 print(
                     f"[HierarchicalPOURegressor] initialized level {level}: "
-                    f"{resp.shape[1]} partitions, "
-                    f"loss={self._training_loss(data, level):.4e}",
+                    f"{resp.shape[1]} partitions, loss={-log_lik:.6e}",
                     flush=True,
                 )
 
@@ -374,12 +395,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         return self._relax(data, level)
 
     def _relax(self, data, level):
-        """One EM sweep at a level: E-step, then the three M-steps."""
-        resp, _ = self._e_step(data, level)
+        """One EM sweep at a level: E-step, then the three M-steps.
+
+        Returns the E-step's responsibilities and mean log-likelihood.
+        """
+        resp, log_lik = self._e_step(data, level)
         self._m_step_experts(data, level, resp)
         self._m_step_noise(data, level, resp)
         self._m_step_gates(data, level, resp)
-        return resp
+        return resp, log_lik
 
     # ------------------------------------------------------ EM building blocks
 
@@ -470,6 +494,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             self.partitions_[level - 1], self.n_jobs, max_iter=SWEEP_GATE_ITER,
         )
 
+    def _polish_finest_experts(self, data):
+        """Refit the finest experts jointly against the blended mean (gates frozen)."""
+        level = len(self.partitions_)
+        self.coef_[level] = solve_blended_least_squares(
+            data.X, data.Y, data.sample_weight, self._log_gates(data.X, level),
+            self.centers_[level], self.scales_[level], self.coef_[level],
+            self.powers_, self.degree, MIN_LOG_GATE, self.alpha, self.n_jobs,
+        )
+
     def _refit_noise(self, data):
         """Each node's own noise variance, for the predictive variance."""
         self.noise_var_ = []
@@ -481,15 +514,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             var = np.where(mass[:, None] > 0, own, pooled)
             self.noise_var_.append(np.maximum(var, MIN_NOISE_VAR))
 
-    def _training_loss(self, data, level=None):
-        """Weighted mean squared error of the mixture mean (standardized)."""
-        mean, _ = self._moments(data.X, self._level_index(level), self.log_var_)
-        sw = data.sample_weight
-        return float(sw @ ((mean - data.Y) ** 2).mean(axis=1) / sw.sum())
-
-    def _moments(self, X, level, log_var):
+    def _moments(self, X, level, var):
+        """Mixture mean and variance at a level, given each node's noise variance."""
         log_gate = self._log_gates(X, level)
-        var = np.exp(log_var[level])
         mean = np.empty((X.shape[0], self.n_outputs_))
         variance = np.empty_like(mean)
 
@@ -528,7 +555,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         mean, variance = self._moments(
-            self._scale_inputs(X), len(self.partitions_), self.noise_var_
+            self._scale_inputs(X), len(self.partitions_),
+            self.noise_var_[len(self.partitions_)],
         )
         mean = mean * self.y_scale_ + self.y_offset_
         if self._y_was_1d:
@@ -571,9 +599,6 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         # Gate objects hold settings only, so they are built on demand and
         # the fitted estimator keeps nothing but arrays.
         return make_gate(self.gate, self.gate_hidden_sizes)
-
-    def _level_index(self, level):
-        return len(self.partitions_) if level is None else level
 
     def _fit_scaling(self, X, Y, sample_weight):
         """Inputs to [-1, 1] over the weighted rows; targets standardized."""

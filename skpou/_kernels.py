@@ -355,3 +355,74 @@ def softmax_gate_objective(
                 log_prob[d, j] -= log_total
                 fit += resp[d, j] * log_prob[d, j]
             objective[base // n_children] += s * fit
+
+
+@njit(cache=True, nogil=True)
+def overlapping_pairs(log_gate, min_log_gate, overlaps):
+    """Mark overlaps[k, k'] (k <= k') where both nodes carry gate on a row.
+
+    A node carries gate on a row when it is not skipped in predictions
+    (within exp(min_log_gate) of the row's largest gate).
+    """
+    n_samples, n_nodes = log_gate.shape
+    active = np.empty(n_nodes, dtype=np.int64)
+    for d in range(n_samples):
+        gate_max = -np.inf
+        for k in range(n_nodes):
+            gate_max = max(gate_max, log_gate[d, k])
+        n_active = 0
+        for k in range(n_nodes):
+            if log_gate[d, k] >= gate_max + min_log_gate:
+                active[n_active] = k
+                n_active += 1
+        for a in range(n_active):
+            for b in range(a, n_active):
+                overlaps[active[a], active[b]] = True
+
+
+@njit(cache=True, nogil=True)
+def blended_normal_equations(
+    X, Y, sample_weight, log_gate, centers, scales, powers, degree,
+    min_log_gate, pair_id, blocks, rhs,
+):
+    """Normal equations of the deterministic POU network with frozen gates.
+
+    The mean sum_k pi_k(x) phi_k(x) . c_k is linear in all coefficients at
+    once; its least-squares matrix couples nodes k, k' whose gates overlap:
+    block (k, k') = sum_d s_d pi_k pi_k' phi_k phi_k'^T, stored in
+    blocks[pair_id[k, k']] for k <= k'. rhs[k] = sum_d s_d pi_k phi_k y_d.
+    """
+    n_samples, n_nodes = log_gate.shape
+    n_basis = powers.shape[0]
+    n_targets = Y.shape[1]
+    legendre = np.empty((X.shape[1], degree + 1))
+    active = np.empty(n_nodes, dtype=np.int64)
+    phi = np.empty((n_nodes, n_basis))
+    for d in range(n_samples):
+        s = sample_weight[d]
+        if s == 0.0:
+            continue
+        gate_max = -np.inf
+        for k in range(n_nodes):
+            gate_max = max(gate_max, log_gate[d, k])
+        n_active = 0
+        for k in range(n_nodes):
+            if log_gate[d, k] >= gate_max + min_log_gate:
+                local_basis(X[d], centers[k], scales[k], powers, legendre, phi[n_active])
+                gate = math.sqrt(s) * math.exp(log_gate[d, k])
+                for m in range(n_basis):
+                    phi[n_active, m] *= gate
+                active[n_active] = k
+                n_active += 1
+        root_s = math.sqrt(s)
+        for a in range(n_active):
+            k = active[a]
+            for m in range(n_basis):
+                for t in range(n_targets):
+                    rhs[k, m, t] += root_s * phi[a, m] * Y[d, t]
+            for b in range(a, n_active):
+                block = blocks[pair_id[k, active[b]]]
+                for i in range(n_basis):
+                    value = phi[a, i]
+                    for j in range(n_basis):
+                        block[i, j] += value * phi[b, j]
