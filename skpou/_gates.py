@@ -47,7 +47,7 @@ class SoftmaxGate:
     separate perfectly: exact reproduction needs sharp gates, but finite ones.
     """
 
-    def __init__(self, order, ridge=1e-9, max_iter=5, tol=1e-10):
+    def __init__(self, order, ridge=1e-20, max_iter=5, tol=1e-10):
         self.order = order
         self.ridge = ridge
         self.max_iter = max_iter
@@ -96,7 +96,14 @@ class SoftmaxGate:
             flat = theta.reshape(n_parents, size)
             grad = grad.reshape(n_parents, size) / total - self.ridge * flat
             curvature = curvature / total + self.ridge * eye
-            step = np.linalg.solve(curvature, grad[:, :, None])[:, :, 0]
+            # Damping relative to the curvature's scale keeps the solve
+            # regular along the softmax's flat directions (and where the
+            # ridge is far below round-off); the line search does the rest.
+            scale = np.einsum("pii->p", curvature) / size
+            damping = 1e-14 * np.maximum(scale, np.finfo(float).tiny)
+            step = np.linalg.solve(
+                curvature + damping[:, None, None] * eye, grad[:, :, None]
+            )[:, :, 0]
             decrement = np.einsum("ps,ps->p", grad, step)
             if np.all(decrement <= self.tol * (1.0 + np.abs(objective))):
                 break

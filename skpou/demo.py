@@ -88,9 +88,12 @@ def make_franke(n_samples, random_state=0):
 def make_models(quick=False, n_jobs=None):
     """The compared models, as an ordered dict name -> unfitted estimator."""
     return {
-        "HierarchicalPOURegressor(partitions=(8, 4), degree=3)": (
+        "HierarchicalPOURegressor() (defaults)": HierarchicalPOURegressor(
+            n_jobs=n_jobs, random_state=0
+        ),
+        "HierarchicalPOURegressor(partitions=(8, 4), degree=4)": (
             HierarchicalPOURegressor(
-                partitions=(8, 4), degree=3, n_jobs=n_jobs, random_state=0
+                partitions=(8, 4), degree=4, n_jobs=n_jobs, random_state=0
             )
         ),
         "MLPRegressor(50, 50), Adam": MLPRegressor(
@@ -100,7 +103,7 @@ def make_models(quick=False, n_jobs=None):
             random_state=0,
         ),
         "HistGradientBoostingRegressor": HistGradientBoostingRegressor(
-            max_iter=200 if quick else 400, early_stopping=False, random_state=0
+            max_iter=100 if quick else 200, early_stopping=False, random_state=0
         ),
         "SplineTransformer + Ridge": make_pipeline(
             SplineTransformer(n_knots=12, degree=3),
