@@ -37,6 +37,7 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, SplineTransformer
+from threadpoolctl import threadpool_limits
 
 from skpou import HierarchicalPOURegressor
 
@@ -130,6 +131,16 @@ def run(n_samples=10_000, n_test=10_000, quick=False, n_jobs=None, file=None):
     rows : list of (name, relative L2 test error, fit time in seconds)
     """
     file = sys.stdout if file is None else file
+    # Every model gets the same number of threads: joblib threads for the POU
+    # network and k-NN, and OpenMP/BLAS threads (gradient boosting, MLP,
+    # Ridge) capped by threadpoolctl. Oversubscribed OpenMP on a busy
+    # machine would otherwise make timings meaningless.
+    if n_jobs is None:
+        n_threads = 1
+    elif n_jobs < 0:
+        n_threads = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    else:
+        n_threads = n_jobs
     X, y = make_franke(n_samples, random_state=0)
     X_test, y_test = make_franke(n_test, random_state=1)
 
@@ -142,7 +153,8 @@ def run(n_samples=10_000, n_test=10_000, quick=False, n_jobs=None, file=None):
 
     print(
         f"Franke's function on [0, 1]^2: {n_samples} training samples, "
-        f"{n_test} test samples (noise-free), {os.cpu_count()} CPUs.",
+        f"{n_test} test samples (noise-free); {n_threads} thread(s) per model "
+        f"on {os.cpu_count()} CPUs.",
         file=file,
     )
     print(
@@ -155,11 +167,12 @@ def run(n_samples=10_000, n_test=10_000, quick=False, n_jobs=None, file=None):
     rows = []
     for name, model in make_models(quick=quick, n_jobs=n_jobs).items():
         start = time.perf_counter()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(limits=n_threads):
             warnings.simplefilter("ignore", category=ConvergenceWarning)
             model.fit(X, y)
         fit_time = time.perf_counter() - start
-        error = relative_l2_error(y_test, model.predict(X_test))
+        with threadpool_limits(limits=n_threads):
+            error = relative_l2_error(y_test, model.predict(X_test))
         rows.append((name, error, fit_time))
         print(f"| {name} | {error:.2e} | {fit_time:.2f} |", file=file, flush=True)
     return rows
@@ -188,7 +201,10 @@ def main(argv=None):
         "--n-jobs",
         type=int,
         default=None,
-        help="threads for the POU network and k-NN (default: 1)",
+        help=(
+            "threads per model: joblib n_jobs for the POU network and k-NN, "
+            "OpenMP/BLAS limit for the others (default: 1)"
+        ),
     )
     args = parser.parse_args(argv)
     n_samples = args.n_samples
