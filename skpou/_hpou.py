@@ -22,6 +22,7 @@ equations and solves), ``_gates`` (gate families and their M-steps).
 """
 
 import time
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -57,6 +58,8 @@ MIN_FRAME_SCALE = 1e-6
 # a partition whose sigma collapses would capture its neighbours' samples.
 MIN_NOISE_VAR = 1e-24
 EM_NOISE_FLOOR = 1e-2
+# Nodes holding at most this fraction of the total sample weight are pruned.
+PRUNE_MASS = 1e-12
 # EM sweeps at each new level during the coarse-to-fine initialization.
 INIT_SWEEPS = 2
 # Gate iterations (Newton or L-BFGS) fitting a new level's gates to the
@@ -163,6 +166,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     gate_params_ : list
         Gate parameters per level below the root.
 
+    pruned_ : list of ndarray of bool
+        Per level, the nodes switched off because no training data reached
+        them (their gate is zero everywhere).
+
     noise_var_ : list of ndarray
         Each expert's noise variance per level, shape (n_nodes, n_outputs), in
         standardized units, refitted after training.
@@ -247,6 +254,22 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
+        # A fit that fails or is interrupted (KeyboardInterrupt) leaves the
+        # estimator exactly as it was: unfitted, or its previous fit. The
+        # EM steps replace arrays rather than writing into them, so copying
+        # the lists that hold them is enough.
+        previous_state = {
+            name: list(value) if isinstance(value, list) else value
+            for name, value in vars(self).items()
+        }
+        try:
+            return self._fit(X, y, sample_weight)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(previous_state)
+            raise
+
+    def _fit(self, X, y, sample_weight):
         partitions = _validated_sizes(self.partitions, "partitions")
         _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
         X, y = validate_data(
@@ -276,7 +299,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._fit_scaling(X, Y, sample_weight)
         data = _TrainingData(
             X=self._scale_inputs(X),
-            Y=(Y - self.y_offset_) / self.y_scale_,
+            Y=(Y / self.y_scale_) - (self.y_offset_ / self.y_scale_),
             sample_weight=sample_weight,
         )
         random_state = check_random_state(self.random_state)
@@ -289,7 +312,23 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if self.polish:
             self._polish_finest_experts(data)
         self._refit_noise(data)
+        self._warn_about_pruned_partitions()
         return self
+
+    def _warn_about_pruned_partitions(self):
+        finest = len(self.partitions_)
+        # A node is gone if it or any ancestor was pruned.
+        gone = self.pruned_[finest].copy()
+        for level in range(1, finest):
+            factor = int(np.prod(self.partitions_[level:]))
+            gone |= np.repeat(self.pruned_[level], factor)
+        if gone.any():
+            warnings.warn(
+                f"{int(gone.sum())} of {gone.size} partitions received no "
+                "training data and were pruned (zero gate everywhere). Fewer "
+                "partitions, or more samples, give the same model for less.",
+                UserWarning,
+            )
 
     def _run_v_cycles(self, data):
         """V-cycles until the EM objective settles (relative change < tol).
@@ -337,6 +376,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.scales_ = [None] * n_levels
         self.log_var_ = [None] * n_levels
         self.gate_params_ = []
+        self.pruned_ = [
+            np.zeros(n_nodes, dtype=bool)
+            for n_nodes in np.cumprod((1, *self.partitions_))
+        ]
 
         resp = np.ones((n_samples, 1))
         self._m_step_experts(data, 0, resp)
@@ -400,6 +443,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Returns the E-step's responsibilities and mean log-likelihood.
         """
         resp, log_lik = self._e_step(data, level)
+        self._prune_empty_partitions(data, level, resp)
         self._m_step_experts(data, level, resp)
         self._m_step_noise(data, level, resp)
         self._m_step_gates(data, level, resp)
@@ -410,13 +454,29 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     def _log_gates(self, X, level):
         """log pi_k(x) of every node at a level: the product of the gates above."""
         log_gate = np.zeros((X.shape[0], 1))
-        for params, n_children in zip(
-            self.gate_params_[:level], self.partitions_[:level]
+        gate = self._gate_family()
+        for params, n_children, pruned in zip(
+            self.gate_params_[:level], self.partitions_[:level], self.pruned_[1:]
         ):
-            logits = self._gate_family().logits(X, params)
+            logits = gate.logits(X, params)
+            logits[:, pruned] = -np.inf
             log_gate = np.repeat(log_gate, n_children, axis=1)
             log_gate += group_log_softmax(logits, n_children)
         return log_gate
+
+    def _prune_empty_partitions(self, data, level, resp):
+        """Switch off nodes that hold no training weight.
+
+        A node without data has an arbitrary expert; with sharp gates it
+        could still win in a gap between samples. Pruned nodes get zero gate
+        everywhere. The heaviest sibling of each family is always kept.
+        """
+        n_children = self.partitions_[level - 1]
+        mass = (data.sample_weight @ resp) / data.sample_weight.sum()
+        family = mass.reshape(-1, n_children)
+        empty = family <= PRUNE_MASS
+        empty[np.arange(family.shape[0]), family.argmax(axis=1)] = False
+        self.pruned_[level] = self.pruned_[level] | empty.ravel()
 
     def _e_step(self, data, level):
         """Responsibilities (n_samples, n_nodes) and mean log-likelihood."""
@@ -601,18 +661,27 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         return make_gate(self.gate, self.gate_hidden_sizes)
 
     def _fit_scaling(self, X, Y, sample_weight):
-        """Inputs to [-1, 1] over the weighted rows; targets standardized."""
+        """Inputs to [-1, 1] over the weighted rows; targets standardized.
+
+        Both are computed without overflow for values up to the float range
+        (halves before differences, magnitudes divided out before squares).
+        """
         weighted = sample_weight > 0
         low = X[weighted].min(axis=0)
         high = X[weighted].max(axis=0)
-        half_range = (high - low) / 2.0
+        half_range = high / 2.0 - low / 2.0
         self.x_offset_ = low + half_range
         self.x_scale_ = np.where(half_range > 0, half_range, 1.0)
-        self.y_offset_ = np.average(Y, axis=0, weights=sample_weight)
+        magnitude = np.abs(Y[weighted]).max(axis=0)
+        magnitude = np.where(magnitude > 0, magnitude, 1.0)
+        unit = Y / magnitude
+        offset = np.average(unit, axis=0, weights=sample_weight)
         spread = np.sqrt(
-            np.average((Y - self.y_offset_) ** 2, axis=0, weights=sample_weight)
+            np.average((unit - offset) ** 2, axis=0, weights=sample_weight)
         )
-        self.y_scale_ = np.where(spread > 0, spread, 1.0)
+        self.y_offset_ = offset * magnitude
+        # A constant target keeps scale 1: its standardized values are 0.
+        self.y_scale_ = np.where(spread > 0, spread * magnitude, 1.0)
 
     def _scale_inputs(self, X):
         return (X - self.x_offset_) / self.x_scale_

@@ -306,6 +306,10 @@ def group_log_softmax(logits, n_children, out):
             largest = -np.inf
             for j in range(base, base + n_children):
                 largest = max(largest, logits[d, j])
+            if largest == -np.inf:  # every child pruned: the parent is too
+                for j in range(base, base + n_children):
+                    out[d, j] = -np.inf
+                continue
             total = 0.0
             for j in range(base, base + n_children):
                 total += math.exp(logits[d, j] - largest)
