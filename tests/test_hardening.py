@@ -1,0 +1,529 @@
+"""Bad input, extreme input, determinism, threads and interrupts."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+import skpou._experts
+from skpou import HierarchicalPOURegressor
+from skpou._experts import total_degree_powers
+
+FAST = dict(partitions=(2, 2), degree=2, n_cycles=5, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (60, 2))
+    y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, y = data
+    return HierarchicalPOURegressor(**FAST).fit(X, y)
+
+
+def n_basis(n_features, degree):
+    return total_degree_powers(n_features, degree).shape[0]
+
+
+# ------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("where", ["X", "y"])
+@pytest.mark.parametrize("value, message", [(np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity")])
+def test_non_finite_input_is_rejected(data, where, value, message):
+    X, y = data[0].copy(), data[1].copy()
+    if where == "X":
+        X[3, 1] = value
+    else:
+        y[5] = value
+    with pytest.raises(ValueError, match=f"Input {where} contains {message}"):
+        HierarchicalPOURegressor(**FAST).fit(X, y)
+
+
+def test_non_finite_input_at_predict_is_rejected(fitted, data):
+    X = data[0].copy()
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(X)
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict_partitions(X)
+
+
+def test_missing_value_in_object_y_is_rejected(data):
+    # None in an object array becomes NaN on conversion to float: it must be
+    # rejected like NaN, not fitted into NaN predictions.
+    X, y = data
+    y = y.astype(object)
+    y[3] = None
+    with pytest.raises(ValueError):
+        HierarchicalPOURegressor(**FAST).fit(X, y)
+
+
+def test_one_dimensional_X_is_rejected(data):
+    X, y = data
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        HierarchicalPOURegressor(**FAST).fit(X[:, 0], y)
+
+
+def test_three_dimensional_input_is_rejected(data):
+    X, y = data
+    with pytest.raises(ValueError, match="dim 3"):
+        HierarchicalPOURegressor(**FAST).fit(X[:, :, None], y)
+    with pytest.raises(ValueError, match="dim 3"):
+        HierarchicalPOURegressor(**FAST).fit(X, y[:, None, None])
+
+
+def test_y_of_wrong_length_is_rejected(data):
+    X, y = data
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        HierarchicalPOURegressor(**FAST).fit(X, y[:-1])
+
+
+def test_empty_input_is_rejected(data):
+    X, y = data
+    with pytest.raises(ValueError, match="0 sample"):
+        HierarchicalPOURegressor(**FAST).fit(X[:0], y[:0])
+    with pytest.raises(ValueError, match="0 feature"):
+        HierarchicalPOURegressor(**FAST).fit(X[:, :0], y)
+
+
+@pytest.mark.parametrize("n_features, degree", [(1, 3), (2, 2), (3, 1), (2, 4)])
+def test_too_few_samples_for_the_basis(n_features, degree):
+    m = n_basis(n_features, degree)
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (m, n_features))
+    y = X.sum(axis=1)
+    model = HierarchicalPOURegressor(partitions=(2,), degree=degree)
+    # Exactly as many samples as basis functions: allowed.
+    assert np.all(np.isfinite(model.fit(X, y).predict(X)))
+    with pytest.raises(ValueError, match=f"{m} basis functions"):
+        model.fit(X[:-1], y[:-1])
+
+
+def test_zero_weights_do_not_count_as_samples():
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (20, 1))
+    weight = np.zeros(20)
+    weight[:3] = 1.0  # 3 weighted samples, degree 3 has 4 basis functions
+    with pytest.raises(ValueError, match="basis functions"):
+        HierarchicalPOURegressor(partitions=(2,), degree=3).fit(
+            X, X[:, 0], sample_weight=weight
+        )
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(degree=-1), "degree"),
+        (dict(degree=1.5), "degree"),
+        (dict(partitions=(0,)), "partitions"),
+        (dict(partitions=()), "partitions"),
+        (dict(partitions=(2, -1)), "partitions"),
+        (dict(partitions=(2.5,)), "partitions"),
+        (dict(partitions=(True,)), "partitions"),
+        (dict(partitions=None), "partitions"),
+        (dict(partitions="ab"), "partitions"),
+        (dict(gate="foo"), "gate"),
+        (dict(sigma="foo"), "sigma"),
+        (dict(alpha=-1), "alpha"),
+        (dict(alpha=np.nan), "alpha"),
+        (dict(n_cycles=-1), "n_cycles"),
+        (dict(tol=-1.0), "tol"),
+        (dict(gate_hidden_sizes=(0,)), "gate_hidden_sizes"),
+        (dict(gate_hidden_sizes=()), "gate_hidden_sizes"),
+    ],
+)
+def test_invalid_parameters_are_rejected(data, params, message):
+    # InvalidParameterError is a ValueError; the message names the parameter.
+    X, y = data
+    with pytest.raises(ValueError, match=message):
+        HierarchicalPOURegressor(**{**FAST, **params}).fit(X, y)
+
+
+def test_int_partitions_means_one_level(data):
+    X, y = data
+    as_int = HierarchicalPOURegressor(**{**FAST, "partitions": 3}).fit(X, y)
+    as_tuple = HierarchicalPOURegressor(**{**FAST, "partitions": (3,)}).fit(X, y)
+    np.testing.assert_array_equal(as_int.predict(X), as_tuple.predict(X))
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_partitions"])
+def test_use_before_fit_raises_not_fitted(data, method):
+    X, _ = data
+    with pytest.raises(NotFittedError):
+        getattr(HierarchicalPOURegressor(), method)(X)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_partitions"])
+def test_wrong_number_of_features_at_predict(fitted, data, method):
+    X, _ = data
+    with pytest.raises(ValueError, match="X has 1 features, but .* is expecting 2"):
+        getattr(fitted, method)(X[:, :1])
+    with pytest.raises(ValueError, match="X has 3 features, but .* is expecting 2"):
+        getattr(fitted, method)(np.c_[X, X[:, 0]])
+
+
+def test_complex_input_is_rejected(fitted, data):
+    X, y = data
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        HierarchicalPOURegressor(**FAST).fit(X + 0j, y)
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        HierarchicalPOURegressor(**FAST).fit(X, y + 1j)
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        fitted.predict(X + 0j)
+
+
+def test_string_X_is_rejected(data):
+    X, y = data
+    with pytest.raises(ValueError, match="could not convert string to float"):
+        HierarchicalPOURegressor(**FAST).fit(np.full(X.shape, "a"), y)
+
+
+@pytest.mark.parametrize("dtype", [str, object])
+def test_string_y_is_rejected(data, dtype):
+    # Numpy unicode arrays and object arrays of strings alike: a ValueError
+    # about the conversion, not a TypeError from deep inside numpy.
+    X, y = data
+    with pytest.raises(ValueError, match="convert string to float"):
+        HierarchicalPOURegressor(**FAST).fit(X, np.array(["a"] * len(y), dtype=dtype))
+
+
+def test_numeric_strings_in_y_are_rejected_or_converted(data):
+    X, y = data
+    y_text = np.array([repr(float(v)) for v in y])  # dtype '<U...'
+    try:
+        model = HierarchicalPOURegressor(**FAST).fit(X, y_text)
+    except ValueError:
+        return
+    reference = HierarchicalPOURegressor(**FAST).fit(X, y)
+    np.testing.assert_array_equal(model.predict(X), reference.predict(X))
+
+
+def test_numeric_object_arrays_are_converted(data):
+    X, y = data
+    model = HierarchicalPOURegressor(**FAST).fit(X.astype(object), y.astype(object))
+    reference = HierarchicalPOURegressor(**FAST).fit(X, y)
+    np.testing.assert_array_equal(model.predict(X), reference.predict(X))
+
+
+@pytest.mark.parametrize("container", [sp.csr_matrix, sp.csc_matrix, sp.csr_array])
+def test_sparse_input_is_rejected_clearly(fitted, data, container):
+    X, y = data
+    with pytest.raises(TypeError, match="[Ss]parse data was passed.*dense data is required"):
+        HierarchicalPOURegressor(**FAST).fit(container(X), y)
+    with pytest.raises(TypeError, match="[Ss]parse data was passed.*dense data is required"):
+        fitted.predict(container(X))
+
+
+@pytest.mark.parametrize(
+    "weight, message",
+    [
+        (-np.ones(60), "Negative values"),
+        (np.zeros(60), "at least one non-zero"),
+        (np.r_[np.nan, np.ones(59)], "NaN"),
+        (np.ones(59), "shape"),
+    ],
+)
+def test_bad_sample_weight_is_rejected(data, weight, message):
+    X, y = data
+    with pytest.raises(ValueError, match=message):
+        HierarchicalPOURegressor(**FAST).fit(X, y, sample_weight=weight)
+
+
+# ------------------------------------------------- property-based robustness
+
+PARTITIONS = [(1,), (2,), (3,), (3, 2), (2, 2, 2)]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    n_samples=st.integers(1, 200),
+    n_features=st.integers(1, 4),
+    x_exponent=st.integers(-12, 12),
+    y_exponent=st.integers(-12, 12),
+    degree=st.integers(0, 3),
+    partitions=st.sampled_from(PARTITIONS),
+    gate=st.sampled_from(["linear", "quadratic", "mlp"]),
+    layout=st.sampled_from(["uniform", "duplicates", "constant_column", "integers"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fit_succeeds_or_raises_value_error(
+    n_samples, n_features, x_exponent, y_exponent, degree, partitions, gate, layout, seed
+):
+    rng = np.random.RandomState(seed)
+    X = rng.uniform(-1, 1, (n_samples, n_features))
+    if layout == "duplicates":
+        X = X[rng.randint(0, max(1, n_samples // 3), n_samples)]
+    elif layout == "constant_column":
+        X[:, 0] = 0.7
+    elif layout == "integers":
+        X = np.round(3 * X)
+    y = np.sin(3 * X).sum(axis=1) + 0.1 * rng.randn(n_samples)
+    X = X * 10.0**x_exponent + 10.0**x_exponent
+    y = y * 10.0**y_exponent
+    model = HierarchicalPOURegressor(
+        partitions=partitions, degree=degree, gate=gate, n_cycles=3, random_state=0
+    )
+    if n_samples < n_basis(n_features, degree):
+        with pytest.raises(ValueError, match="basis functions"):
+            model.fit(X, y)
+        return
+    model.fit(X, y)
+    X_new = np.r_[X, rng.uniform(-2, 2, (5, n_features)) * 10.0**x_exponent]
+    mean, std = model.predict(X_new, return_std=True)
+    assert mean.shape == std.shape == (X_new.shape[0],)
+    assert np.all(np.isfinite(mean))
+    assert np.all(np.isfinite(std)) and np.all(std >= 0)
+    gates = model.predict_partitions(X_new)
+    assert np.all(np.isfinite(gates))
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------- extreme scales
+
+
+def test_features_spanning_1e_minus12_to_1e12():
+    rng = np.random.RandomState(0)
+    U = rng.uniform(0, 1, (300, 2))
+    y = np.sin(3 * U[:, 0]) + U[:, 1] ** 2
+    scales = np.array([1e-12, 1e12])
+    scaled = HierarchicalPOURegressor(**FAST).fit(U * scales, y)
+    unit = HierarchicalPOURegressor(**FAST).fit(U, y)
+    U_test = rng.uniform(0, 1, (100, 2))
+    prediction = scaled.predict(U_test * scales)
+    assert np.all(np.isfinite(prediction))
+    # Inputs are rescaled internally: the units of a feature do not matter.
+    np.testing.assert_allclose(prediction, unit.predict(U_test), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("exponent", [-300, -200, -100, 100, 200, 300])
+def test_target_scale_does_not_matter(exponent):
+    # Targets are standardized: y * 10^k gives the same fit times 10^k, or
+    # (at worst) a ValueError; never NaN.
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (200, 1))
+    y = np.sin(3 * X[:, 0])
+    reference = HierarchicalPOURegressor(**FAST).fit(X, y).predict(X)
+    try:
+        model = HierarchicalPOURegressor(**FAST).fit(X, y * 10.0**exponent)
+    except ValueError:
+        return
+    prediction = model.predict(X)
+    assert np.all(np.isfinite(prediction))
+    np.testing.assert_allclose(
+        prediction / 10.0**exponent, reference, rtol=0, atol=1e-8
+    )
+
+
+def test_targets_spanning_1e_minus300_to_1e300():
+    X = np.linspace(0, 1, 200)[:, None]
+    y = 10.0 ** (600 * X[:, 0] - 300)
+    try:
+        model = HierarchicalPOURegressor(**FAST).fit(X, y)
+    except ValueError:
+        return
+    mean, std = model.predict(X, return_std=True)
+    assert np.all(np.isfinite(mean))
+    assert np.all(np.isfinite(std)) and np.all(std >= 0)
+
+
+def test_tiny_and_huge_features_at_the_float_limits():
+    rng = np.random.RandomState(0)
+    U = rng.uniform(0, 1, (200, 1))
+    y = np.sin(3 * U[:, 0])
+    reference = HierarchicalPOURegressor(**FAST).fit(U, y).predict(U)
+    for scale in (1e-300, 1e300):
+        prediction = HierarchicalPOURegressor(**FAST).fit(U * scale, y).predict(U * scale)
+        np.testing.assert_allclose(prediction, reference, rtol=0, atol=1e-8)
+
+
+def test_constant_feature_is_ignored():
+    rng = np.random.RandomState(0)
+    x = rng.uniform(0, 1, (200, 1))
+    y = np.sin(3 * x[:, 0])
+    with_constant = HierarchicalPOURegressor(**FAST).fit(np.c_[x, np.full(200, 7.0)], y)
+    without = HierarchicalPOURegressor(**FAST).fit(x, y)
+    x_test = rng.uniform(0, 1, (50, 1))
+    np.testing.assert_allclose(
+        with_constant.predict(np.c_[x_test, np.full(50, 7.0)]),
+        without.predict(x_test),
+        rtol=0, atol=1e-8,
+    )
+
+
+def test_all_features_constant_predicts_the_mean():
+    rng = np.random.RandomState(0)
+    y = rng.randn(100)
+    weight = rng.uniform(0.5, 2, 100)
+    model = HierarchicalPOURegressor(**FAST).fit(np.ones((100, 2)), y, sample_weight=weight)
+    mean, std = model.predict(np.ones((3, 2)), return_std=True)
+    np.testing.assert_allclose(mean, np.average(y, weights=weight), rtol=1e-10)
+    assert np.all(np.isfinite(std))
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, -1e200, 1e-200])
+def test_constant_target_is_reproduced(value):
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (100, 2))
+    model = HierarchicalPOURegressor(**FAST).fit(X, np.full(100, value))
+    mean, std = model.predict(rng.uniform(0, 1, (20, 2)), return_std=True)
+    np.testing.assert_allclose(mean, value, rtol=1e-12, atol=0)
+    assert np.all(np.isfinite(std)) and np.all(std >= 0)
+    # No noise: the std is negligible next to the target (absolute for 0,
+    # which has no scale).
+    assert np.all(std <= 1e-6 * (abs(value) if value else 1.0))
+
+
+def test_duplicated_points():
+    rng = np.random.RandomState(0)
+    x = np.linspace(0, 1, 12)[:, None]
+    X = np.repeat(x, 20, axis=0)
+    y = np.repeat(np.sin(3 * x[:, 0]), 20)
+    model = HierarchicalPOURegressor(**FAST).fit(X, y)
+    prediction = model.predict(x)
+    assert np.all(np.isfinite(prediction))
+    np.testing.assert_allclose(prediction, np.sin(3 * x[:, 0]), rtol=0, atol=1e-3)
+    # Conflicting targets at duplicated points: still finite, and the
+    # predictive std reports the spread.
+    noisy = y + rng.randn(y.size)
+    mean, std = HierarchicalPOURegressor(**FAST).fit(X, noisy).predict(x, return_std=True)
+    assert np.all(np.isfinite(mean))
+    assert np.all(np.isfinite(std)) and np.all(std > 0.1)
+
+
+@pytest.mark.parametrize(
+    "partitions, degree, n_samples", [((4, 4), 0, 5), ((8,), 1, 3), ((3, 2), 0, 1)]
+)
+def test_more_partitions_than_samples(partitions, degree, n_samples):
+    X = np.linspace(0, 1, n_samples)[:, None]
+    y = np.sin(3 * X[:, 0])
+    model = HierarchicalPOURegressor(partitions=partitions, degree=degree, random_state=0)
+    model.fit(X, y)
+    X_test = np.linspace(-0.5, 1.5, 30)[:, None]
+    mean, std = model.predict(X_test, return_std=True)
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+    gates = model.predict_partitions(X_test)
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0, rtol=0, atol=1e-10)
+    # The training points themselves are fitted (the model can interpolate).
+    np.testing.assert_allclose(model.predict(X), y, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------ determinism
+
+
+@pytest.mark.parametrize("gate", ["linear", "mlp"])
+def test_same_random_state_gives_bit_identical_fits(data, gate):
+    X, y = data
+    params = dict(partitions=(2, 2), degree=2, gate=gate, n_cycles=3, random_state=7)
+    first = HierarchicalPOURegressor(**params).fit(X, y)
+    second = HierarchicalPOURegressor(**params).fit(X, y)
+    threaded = HierarchicalPOURegressor(**params, n_jobs=2).fit(X, y)
+    instance = HierarchicalPOURegressor(
+        **{**params, "random_state": np.random.RandomState(7)}
+    ).fit(X, y)
+    expected = first.predict(X, return_std=True)
+    for other in (second, threaded, instance):
+        for got, want in zip(other.predict(X, return_std=True), expected):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_refit_on_the_same_estimator_is_identical(data):
+    X, y = data
+    model = HierarchicalPOURegressor(**{**FAST, "gate": "mlp"})
+    first = model.fit(X, y).predict(X)
+    np.testing.assert_array_equal(model.fit(X, y).predict(X), first)
+
+
+# ---------------------------------------------------------- thread safety
+
+
+def test_concurrent_predict_matches_serial():
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (300, 2))
+    model = HierarchicalPOURegressor(partitions=(3, 2), degree=2, random_state=0)
+    model.fit(X, np.sin(3 * X[:, 0]) * X[:, 1])
+    X_test = rng.uniform(0, 1, (20000, 2))
+    expected = model.predict(X_test, return_std=True)
+    expected_gates = model.predict_partitions(X_test, level=1)
+    barrier = threading.Barrier(4)
+
+    def work(_):
+        barrier.wait()
+        return (
+            model.predict(X_test, return_std=True),
+            model.predict_partitions(X_test, level=1),
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(4)))
+    for (mean, std), gates in results:
+        np.testing.assert_array_equal(mean, expected[0])
+        np.testing.assert_array_equal(std, expected[1])
+        np.testing.assert_array_equal(gates, expected_gates)
+
+
+# -------------------------------------------------------------- interrupts
+
+
+def _interrupt_on_call(monkeypatch, n):
+    """Make skpou._experts._solve_batch raise KeyboardInterrupt on its nth call."""
+    original = skpou._experts._solve_batch
+    calls = {"count": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] >= n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(skpou._experts, "_solve_batch", interrupted)
+    return calls
+
+
+def test_interrupted_first_fit_leaves_estimator_unfitted(monkeypatch, data):
+    X, y = data
+    model = HierarchicalPOURegressor(**FAST)
+    calls = _interrupt_on_call(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y)
+    assert calls["count"] == 3
+    monkeypatch.undo()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+
+
+def test_interrupted_refit_keeps_previous_model_or_unfits(monkeypatch, data):
+    X, y = data
+    model = HierarchicalPOURegressor(**FAST).fit(X, y)
+    before = model.predict(X, return_std=True)
+    calls = _interrupt_on_call(monkeypatch, 3)
+    model.set_params(partitions=(3,), degree=3)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, 2 * y + 1)
+    assert calls["count"] == 3
+    monkeypatch.undo()
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        return  # acceptable: the estimator is unfitted
+    after = model.predict(X, return_std=True)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
