@@ -47,7 +47,7 @@ class SoftmaxGate:
     separate perfectly: exact reproduction needs sharp gates, but finite ones.
     """
 
-    def __init__(self, order, ridge=1e-20, max_iter=5, tol=1e-10):
+    def __init__(self, order, ridge, max_iter=5, tol=1e-10):
         self.order = order
         self.ridge = ridge
         self.max_iter = max_iter
@@ -173,7 +173,7 @@ class MLPGate:
     the last layer has n_children outputs.
     """
 
-    def __init__(self, hidden_sizes=(10, 10), ridge=1e-6, max_iter=50):
+    def __init__(self, hidden_sizes, ridge, max_iter=50):
         self.hidden_sizes = tuple(hidden_sizes)
         self.ridge = ridge
         self.max_iter = max_iter
@@ -276,9 +276,9 @@ class MLPGate:
         return tuple(unpack(result.x))
 
 
-def make_gate(kind, hidden_sizes):
+def make_gate(kind, hidden_sizes, ridge):
     if kind == "linear":
-        return SoftmaxGate(order=1)
+        return SoftmaxGate(order=1, ridge=ridge)
     if kind == "quadratic":
-        return SoftmaxGate(order=2)
-    return MLPGate(hidden_sizes=hidden_sizes)
+        return SoftmaxGate(order=2, ridge=ridge)
+    return MLPGate(hidden_sizes=hidden_sizes, ridge=ridge)

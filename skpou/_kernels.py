@@ -43,8 +43,10 @@ def local_basis(x, center, scale, powers, legendre, out):
             legendre[i, j + 1] = (
                 (2 * j + 1) * z * legendre[i, j] - j * legendre[i, j - 1]
             ) / (j + 1)
-        for j in range(1, n_degree):
-            legendre[i, j] *= math.sqrt(2 * j + 1)
+    for j in range(1, n_degree):
+        norm = math.sqrt(2 * j + 1)
+        for i in range(n_features):
+            legendre[i, j] *= norm
     for m in range(powers.shape[0]):
         value = 1.0
         for i in range(n_features):
@@ -64,9 +66,9 @@ def _expert_mean(phi, coef_k, mu):
 @njit(cache=True, nogil=True)
 def e_step(
     X, Y, log_gate, centers, scales, coef, powers, degree, log_var,
-    min_log_gate, resp, log_lik, mean,
+    min_log_gate, resp, log_lik,
 ):
-    """Responsibilities, per-sample log-likelihood and mixture mean.
+    """Responsibilities and per-sample log-likelihood of the mixture.
 
     Nodes whose gate is below exp(min_log_gate) times the largest gate of the
     row are skipped: their responsibility is set to zero. This is what makes
@@ -78,12 +80,14 @@ def e_step(
     legendre = np.empty((X.shape[1], degree + 1))
     mu = np.empty(n_targets)
     log_joint = np.empty(n_nodes)
+    inv_var = np.exp(-log_var)
+    log_norm = np.empty(n_nodes)
+    for k in range(n_nodes):
+        log_norm[k] = -0.5 * (log_var[k].sum() + n_targets * LOG_2PI)
     for d in range(n_samples):
         gate_max = -np.inf
         for k in range(n_nodes):
             gate_max = max(gate_max, log_gate[d, k])
-        for t in range(n_targets):
-            mean[d, t] = 0.0
         joint_max = -np.inf
         for k in range(n_nodes):
             if log_gate[d, k] < gate_max + min_log_gate:
@@ -91,15 +95,10 @@ def e_step(
                 continue
             local_basis(X[d], centers[k], scales[k], powers, legendre, phi)
             _expert_mean(phi, coef[k], mu)
-            gate = math.exp(log_gate[d, k])
-            value = log_gate[d, k]
+            value = log_gate[d, k] + log_norm[k]
             for t in range(n_targets):
                 residual = Y[d, t] - mu[t]
-                value -= 0.5 * (
-                    residual * residual * math.exp(-log_var[k, t])
-                    + log_var[k, t] + LOG_2PI
-                )
-                mean[d, t] += gate * mu[t]
+                value -= 0.5 * residual * residual * inv_var[k, t]
             log_joint[k] = value
             joint_max = max(joint_max, value)
         total = 0.0
