@@ -39,6 +39,22 @@ def group_log_softmax(logits, n_children):
     return out
 
 
+def _newton_step(curvature, grad):
+    """Solve curvature @ step = grad for every parent, robustly.
+
+    The curvature is positive semi-definite with flat directions (softmax
+    shifts; children separated perfectly), and a tiny ridge is lost to
+    round-off next to O(1) entries. Eigenvalues are therefore floored at
+    1e-14 of the largest one (Levenberg-style damping of the step only:
+    the objective keeps its own ridge); the line search does the rest.
+    """
+    eigval, eigvec = np.linalg.eigh(curvature)
+    floor = 1e-14 * np.maximum(eigval[:, -1:], np.finfo(float).tiny)
+    eigval = np.maximum(eigval, floor)
+    coords = np.einsum("pji,pj->pi", eigvec, grad) / eigval
+    return np.einsum("pij,pj->pi", eigvec, coords)
+
+
 class SoftmaxGate:
     """Softmax of affine (order 1) or quadratic (order 2) logits.
 
@@ -66,6 +82,15 @@ class SoftmaxGate:
 
     def logits(self, X, theta):
         return self.features(X) @ theta.T
+
+    def child_log_gates(self, X, theta, parent_log_gate, n_children, pruned, cutoff):
+        """log pi of every child: parent's log gate plus sibling log-softmax."""
+        out = np.empty((X.shape[0], theta.shape[0]))
+        _kernels.linear_child_log_gates(
+            self.features(X), theta, parent_log_gate, n_children, pruned,
+            cutoff, out,
+        )
+        return out
 
     def m_step(
         self, X, sample_weight, resp, theta, n_children, n_jobs, max_iter=None
@@ -95,15 +120,7 @@ class SoftmaxGate:
             )
             flat = theta.reshape(n_parents, size)
             grad = grad.reshape(n_parents, size) / total - self.ridge * flat
-            curvature = curvature / total + self.ridge * eye
-            # Damping relative to the curvature's scale keeps the solve
-            # regular along the softmax's flat directions (and where the
-            # ridge is far below round-off); the line search does the rest.
-            scale = np.einsum("pii->p", curvature) / size
-            damping = 1e-14 * np.maximum(scale, np.finfo(float).tiny)
-            step = np.linalg.solve(
-                curvature + damping[:, None, None] * eye, grad[:, :, None]
-            )[:, :, 0]
+            step = _newton_step(curvature / total + self.ridge * eye, grad)
             decrement = np.einsum("ps,ps->p", grad, step)
             if np.all(decrement <= self.tol * (1.0 + np.abs(objective))):
                 break
@@ -208,6 +225,13 @@ class MLPGate:
         out, _ = self._forward(X, params)
         n_parents, n_samples, n_children = out.shape
         return np.transpose(out, (1, 0, 2)).reshape(n_samples, -1)
+
+    def child_log_gates(self, X, params, parent_log_gate, n_children, pruned, cutoff):
+        """log pi of every child: parent's log gate plus sibling log-softmax."""
+        logits = self.logits(X, params)
+        logits[:, pruned] = -np.inf
+        log_gate = np.repeat(parent_log_gate, n_children, axis=1)
+        return log_gate + group_log_softmax(logits, n_children)
 
     def m_step(
         self, X, sample_weight, resp, params, n_children, n_jobs, max_iter=None

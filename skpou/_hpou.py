@@ -49,6 +49,9 @@ from ._gates import group_log_softmax, make_gate
 # Nodes whose gate is below exp(-30) (~1e-13) of the row's largest gate are
 # skipped in the E-step and in predictions.
 MIN_LOG_GATE = -30.0
+# Children of a parent whose gate is below exp(-40) of the row's largest are
+# not evaluated (they could not reach MIN_LOG_GATE after the product).
+NEGLIGIBLE_LOG_GATE = -40.0
 # Responsibilities at or below this do not enter the normal equations.
 MIN_RESPONSIBILITY = 1e-12
 # Smallest half-width of an expert's local frame, in units of the unit box.
@@ -468,10 +471,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         for params, n_children, pruned in zip(
             self.gate_params_[:level], self.partitions_[:level], self.pruned_[1:]
         ):
-            logits = gate.logits(X, params)
-            logits[:, pruned] = -np.inf
-            log_gate = np.repeat(log_gate, n_children, axis=1)
-            log_gate += group_log_softmax(logits, n_children)
+            log_gate = gate.child_log_gates(
+                X, params, log_gate, n_children, pruned, NEGLIGIBLE_LOG_GATE
+            )
         return log_gate
 
     def _prune_empty_partitions(self, data, level, resp):

@@ -429,3 +429,47 @@ def blended_normal_equations(
                     value = phi[a, i]
                     for j in range(n_basis):
                         block[i, j] += value * phi[b, j]
+
+
+@njit(cache=True, nogil=True)
+def linear_child_log_gates(
+    G, theta, parent_log_gate, n_children, pruned, min_log_gate, out,
+):
+    """log pi_child(x) = log pi_parent(x) + log softmax_siblings(G theta^T).
+
+    Children of a parent whose gate is below exp(min_log_gate) of the row's
+    largest parent gate get -inf without evaluating their logits: they could
+    never reach the E-step's or the prediction's threshold. Pruned children
+    get -inf too.
+    """
+    n_samples, n_parents = parent_log_gate.shape
+    n_features = G.shape[1]
+    for d in range(n_samples):
+        parent_max = -np.inf
+        for p in range(n_parents):
+            parent_max = max(parent_max, parent_log_gate[d, p])
+        for p in range(n_parents):
+            base = p * n_children
+            log_parent = parent_log_gate[d, p]
+            if log_parent < parent_max + min_log_gate:
+                for j in range(base, base + n_children):
+                    out[d, j] = -np.inf
+                continue
+            largest = -np.inf
+            for j in range(base, base + n_children):
+                if pruned[j]:
+                    out[d, j] = -np.inf
+                    continue
+                acc = 0.0
+                for f in range(n_features):
+                    acc += G[d, f] * theta[j, f]
+                out[d, j] = acc
+                largest = max(largest, acc)
+            if largest == -np.inf:
+                continue
+            total = 0.0
+            for j in range(base, base + n_children):
+                total += math.exp(out[d, j] - largest)
+            shift = log_parent - largest - math.log(total)
+            for j in range(base, base + n_children):
+                out[d, j] += shift
