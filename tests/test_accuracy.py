@@ -40,39 +40,70 @@ def paper_1d(x):
 
 
 # ------------------------------------------------------- exact reproduction
+#
+# Data from a continuous piecewise quadratic, fine partitions = 2 x pieces
+# (the paper's setting), degree 2, and sharp gates (gate_alpha=1e-20, the
+# documented setting for exact reproduction): the model class contains the
+# target, so only the placement of the gates at the kinks stands between the
+# fit and an exact one.
+
+N_TRAIN = 2001  # grid spacing 5e-4: kinks at k/4 are grid points, at k/6 not
+EXACT = dict(degree=2, gate_alpha=1e-20, random_state=0)
+
+
+def fit_triangle_wave(pieces, **params):
+    X = np.linspace(0, 1, N_TRAIN)[:, None]
+    y = squared_triangle_wave(X[:, 0], pieces)
+    model = HierarchicalPOURegressor(partitions=(pieces, 2), **{**EXACT, **params})
+    return model.fit(X, y), X, y
+
+
+def kink_neighbourhood_points(pieces):
+    """Held-out points inside the sample gaps on either side of each kink."""
+    kinks = np.arange(1, pieces) / pieces
+    h = 1.0 / (N_TRAIN - 1)
+    return np.concatenate([kinks + o * h for o in (-0.75, -0.25, 0.25, 0.75)])[:, None]
+
+
+@pytest.mark.parametrize("pieces", [4, 6])
+def test_exact_reproduction_away_from_kinks(pieces):
+    model, X, y = fit_triangle_wave(pieces, n_cycles=30, tol=0)
+    X_test = held_out()
+    kinks = np.arange(1, pieces) / pieces
+    far = np.min(np.abs(X_test - kinks), axis=1) > 2.0 / (N_TRAIN - 1)
+    X_test = X_test[far]
+    error = relative_error(model, X_test, squared_triangle_wave(X_test[:, 0], pieces))
+    assert error < 1e-8, f"held-out relative L2 error {error:.3e}"
+    train_error = relative_error(model, X, y)
+    assert train_error < 1e-8, f"training relative L2 error {train_error:.3e}"
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Exact reproduction not reached yet: relative L2 error measured "
-    "7.0e-08 (4 pieces) and 5.8e-06 (6 pieces) at commit e4b04e7; the "
+    reason="Gate boundaries are only placed to within a sample spacing of the "
+    "kinks: held-out relative L2 error measured 2.4e-04 (4 pieces) and "
+    "2.0e-04 (6 pieces) at commit 2a4bbcb, 1e-12 away from the kinks. The "
     "paper reaches ~1e-8. Remove this marker once the core gets there.",
 )
 @pytest.mark.parametrize("pieces", [4, 6])
 def test_exact_reproduction_of_piecewise_quadratic(pieces):
-    # Data from a continuous piecewise quadratic, fine partitions = 2 x
-    # pieces (the paper's setting), degree 2: the model class contains the
-    # target, so only sharp gates at the kinks stand between it and an exact
-    # fit.
-    X = np.linspace(0, 1, 2001)[:, None]
-    X_test = held_out()
-    model = HierarchicalPOURegressor(
-        partitions=(pieces, 2), degree=2, n_cycles=100, tol=0, random_state=0
-    ).fit(X, squared_triangle_wave(X[:, 0], pieces))
+    # Held-out: uniform random points, plus points in the gaps between the
+    # training samples next to every kink (where a misplaced gate boundary
+    # hands a point to the neighbouring piece's quadratic).
+    model, _, _ = fit_triangle_wave(pieces, n_cycles=30, tol=0)
+    X_test = np.r_[held_out(), kink_neighbourhood_points(pieces)]
     error = relative_error(model, X_test, squared_triangle_wave(X_test[:, 0], pieces))
     assert error < 1e-8, f"relative L2 error {error:.3e}"
 
 
 @pytest.mark.parametrize("pieces", [4, 6])
-def test_piecewise_quadratic_is_fitted_closely_with_default_budget(pieces):
-    # Not the paper's 1e-8 (see the xfail above), but a guard against
-    # regressions: piecewise quadratics in a piecewise quadratic model.
-    X = np.linspace(0, 1, 2001)[:, None]
+def test_piecewise_quadratic_with_default_budget(pieces):
+    # Default n_cycles and tol: a coarse guard against regressions, well
+    # short of the 30-cycle accuracy above.
+    model, _, _ = fit_triangle_wave(pieces)
     X_test = held_out()
-    model = HierarchicalPOURegressor(partitions=(pieces, 2), degree=2, random_state=0)
-    model.fit(X, squared_triangle_wave(X[:, 0], pieces))
     error = relative_error(model, X_test, squared_triangle_wave(X_test[:, 0], pieces))
-    assert error < 1e-3, f"relative L2 error {error:.3e}"
+    assert error < 1e-3, f"held-out relative L2 error {error:.3e}"
 
 
 # ------------------------------------------------------ convergence in degree
@@ -137,28 +168,43 @@ def test_p_refinement_reaches_paper_accuracy_on_bump():
 
 # -------------------------------------------------- convergence in partitions
 
+PARTITION_COUNTS = np.array([4, 8, 16, 32])
 
-@pytest.mark.parametrize("degree", [1, 2])
-def test_algebraic_convergence_in_partitions(degree):
-    # h-refinement: with N partitions of width h ~ 1/N, a degree-p fit of a
-    # smooth function has error ~ h^(p+1) = N^-(p+1).
+
+def errors_over_partition_counts(degree, **params):
     X = np.linspace(0, 1, 2000)[:, None]
     X_test = held_out()
-    counts = np.array([4, 8, 16, 32])
     errors = []
-    for n_partitions in counts:
+    for n_partitions in PARTITION_COUNTS:
         model = HierarchicalPOURegressor(
-            partitions=(int(n_partitions),), degree=degree, random_state=0
+            partitions=(int(n_partitions),), degree=degree, random_state=0, **params
         ).fit(X, smooth(X[:, 0]))
         errors.append(relative_error(model, X_test, smooth(X_test[:, 0])))
     errors = np.array(errors)
+    slope = np.polyfit(np.log(PARTITION_COUNTS), np.log(errors), 1)[0]
+    return errors, slope
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_algebraic_convergence_in_partitions_with_sharp_gates(degree):
+    # h-refinement of a piecewise polynomial (sharp gates): with N partitions
+    # of width h ~ 1/N, a degree-p fit of a smooth function has error
+    # ~ h^(p+1) = N^-(p+1).
+    errors, slope = errors_over_partition_counts(degree, gate_alpha=1e-20)
     assert np.all(errors[1:] < errors[:-1]), errors
-    slope = np.polyfit(np.log(counts), np.log(errors), 1)[0]
     expected = -(degree + 1)
-    # At least the optimal rate (within 0.4), and not absurdly faster.
-    assert expected - 1.0 <= slope <= expected + 0.4, (
+    assert abs(slope - expected) <= 0.4, (
         f"slope {slope:.2f}, expected {expected}, errors {errors}"
     )
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_convergence_in_partitions_with_default_gates(degree):
+    # Overlapping (default) gates blend neighbouring experts: at least the
+    # piecewise-polynomial rate.
+    errors, slope = errors_over_partition_counts(degree)
+    assert np.all(errors[1:] < errors[:-1]), errors
+    assert slope <= -(degree + 1) + 0.4, f"slope {slope:.2f}, errors {errors}"
 
 
 # ---------------------------------------------------- two levels beat one
