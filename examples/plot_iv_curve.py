@@ -98,9 +98,10 @@ fig.tight_layout()
 # minimizes absolute errors, which are dominated by the large currents; at
 # low voltage its errors (around :math:`10^{-9}` A in this run) exceed the
 # current itself, and the prediction can even go negative. The fit on
-# :math:`\log I` is uniformly accurate in relative terms. ``TransformedTargetRegressor`` applies ``func`` to the
-# targets before ``fit`` and ``inverse_func`` to the predictions, so it works
-# with any regressor. The same holds for inputs spanning decades (a
-# frequency, a concentration): transform them with
+# :math:`\log I` is uniformly accurate in relative terms.
+# ``TransformedTargetRegressor`` applies ``func`` to the targets before
+# ``fit`` and ``inverse_func`` to the predictions, so it works with any
+# regressor. The same holds for inputs spanning decades (a frequency, a
+# concentration): transform them with
 # :class:`~sklearn.preprocessing.FunctionTransformer` in a pipeline.
 plt.show()
