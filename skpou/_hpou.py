@@ -69,7 +69,7 @@ INIT_SWEEPS = 2
 # initial split, and per gate M-step inside EM (a partial M-step: EM still
 # increases the likelihood, and the next sweep continues where it stopped).
 INIT_GATE_ITER = 20
-SWEEP_GATE_ITER = 2
+SWEEP_GATE_ITER = 1
 
 
 class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
@@ -131,14 +131,20 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         log-likelihood, relative to max(|loss|, 1)) between two cycles falls
         below ``tol``. ``tol=0`` runs all ``n_cycles``.
 
+    em_subsample : int or None, default=100_000
+        The initialization and V-cycles, which place the partitions, run on
+        at most this many rows drawn without replacement (seeded by
+        ``random_state``); the experts are then refitted, and polished, on
+        all rows. ``None`` runs EM on every row.
+
     n_jobs : int, default=None
         Threads for assembling and solving the per-partition problems
         (``None`` means 1 unless in a :func:`joblib.parallel_backend`
         context, -1 means all processors). Results do not depend on it.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the ``"mlp"`` gate weights; the partition splitting is
-        deterministic.
+        Seeds the ``"mlp"`` gate weights and the ``em_subsample`` draw; the
+        partition splitting is deterministic.
 
     verbose : int, default=0
         Print the loss and time of each cycle.
@@ -180,9 +186,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Per level, the nodes switched off because no training data reached
         them (their gate is zero everywhere).
 
-    noise_var_ : list of ndarray
-        Each expert's noise variance per level, shape (n_nodes, n_outputs), in
-        standardized units, refitted after training.
+    noise_var_ : ndarray of shape (n_partitions, n_outputs)
+        Noise variance of each finest-level expert, in standardized units,
+        refitted after training; it makes ``predict(return_std=True)``.
 
     Examples
     --------
@@ -205,6 +211,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         "alpha": [Interval(Real, 0, None, closed="left")],
         "polish": ["boolean"],
         "n_cycles": [Interval(Integral, 0, None, closed="left")],
+        "em_subsample": [Interval(Integral, 1, None, closed="left"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_jobs": [Integral, None],
         "random_state": ["random_state"],
@@ -225,6 +232,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         polish=True,
         n_cycles=10,
         tol=1e-4,
+        em_subsample=100_000,
         n_jobs=None,
         random_state=None,
         verbose=0,
@@ -240,6 +248,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.polish = polish
         self.n_cycles = n_cycles
         self.tol = tol
+        self.em_subsample = em_subsample
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -316,12 +325,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             sample_weight=sample_weight,
         )
         random_state = check_random_state(self.random_state)
+        em_data = self._em_subsample(data, random_state)
 
         if keep_partitions:
-            self._refit_experts_on_frozen_gates(data)
+            self._refit_experts_on_frozen_gates(em_data)
         else:
-            self._initialize(data, random_state)
-        self._run_v_cycles(data)
+            self._initialize(em_data, random_state)
+        self._run_v_cycles(em_data)
+        if em_data is not data:
+            self._refit_experts_on_all_rows(data)
         if self.polish:
             self._polish_finest_experts(data)
         self._refit_noise(data)
@@ -420,6 +432,32 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                     f"{resp.shape[1]} partitions, loss={-log_lik:.6e}",
                     flush=True,
                 )
+
+    def _em_subsample(self, data, random_state):
+        """The rows the V-cycles see: all, or at most ``em_subsample`` of them.
+
+        Placing the partitions needs far fewer rows than fitting the
+        experts does (as HistGradientBoosting bins on a subsample): the
+        experts are refitted on every row afterwards.
+        """
+        n_samples = data.X.shape[0]
+        if self.em_subsample is None or n_samples <= self.em_subsample:
+            return data
+        rows = np.sort(
+            random_state.choice(n_samples, self.em_subsample, replace=False)
+        )
+        return _TrainingData(
+            data.X[rows], data.Y[rows], data.sample_weight[rows]
+        )
+
+    def _refit_experts_on_all_rows(self, data):
+        """One E-step and expert M-step on the full data, finest level.
+
+        Only the finest level predicts; coarser experts served training.
+        """
+        level = len(self.partitions_)
+        resp, _ = self._e_step(data, level)
+        self._m_step_experts(data, level, resp)
 
     def _refit_experts_on_frozen_gates(self, data):
         """Warm start: keep the partitions, refit every expert (p-refinement).
@@ -575,15 +613,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         )
 
     def _refit_noise(self, data):
-        """Each node's own noise variance, for the predictive variance."""
-        self.noise_var_ = []
-        for level in range(len(self.partitions_) + 1):
-            resp, _ = self._e_step(data, level)
-            squared, mass = self._weighted_residuals(data, level, resp)
-            pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
-            own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
-            var = np.where(mass[:, None] > 0, own, pooled)
-            self.noise_var_.append(np.maximum(var, MIN_NOISE_VAR))
+        """The finest experts' own noise variances, for the predictive variance."""
+        level = len(self.partitions_)
+        resp, _ = self._e_step(data, level)
+        squared, mass = self._weighted_residuals(data, level, resp)
+        pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
+        own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
+        var = np.where(mass[:, None] > 0, own, pooled)
+        self.noise_var_ = np.maximum(var, MIN_NOISE_VAR)
 
     def _moments(self, X, level, var):
         """Mixture mean and variance at a level, given each node's noise variance."""
@@ -627,7 +664,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         mean, variance = self._moments(
             self._scale_inputs(X), len(self.partitions_),
-            self.noise_var_[len(self.partitions_)],
+            self.noise_var_,
         )
         mean = mean * self.y_scale_ + self.y_offset_
         if self._y_was_1d:
