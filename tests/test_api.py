@@ -302,16 +302,21 @@ def test_return_std_shape_and_values(fitted_2d, data_2d):
     np.testing.assert_array_equal(mean, fitted_2d.predict(X))
 
 
-def test_return_std_follows_heteroscedastic_noise():
+@pytest.mark.parametrize("polish", [True, False])
+def test_return_std_follows_heteroscedastic_noise(polish):
     rng = np.random.RandomState(0)
     n = 2000
     X = rng.uniform(0, 1, (n, 1))
     noise = np.where(X[:, 0] > 0.5, 0.3, 0.01)
     y = np.sin(2 * np.pi * X[:, 0]) + noise * rng.randn(n)
-    model = HierarchicalPOURegressor(partitions=(4, 2), degree=2, random_state=0)
+    model = HierarchicalPOURegressor(
+        partitions=(4, 2), degree=2, polish=polish, random_state=0
+    )
     model.fit(X, y)
-    quiet = np.linspace(0.05, 0.4, 30)[:, None]
-    noisy = np.linspace(0.6, 0.95, 30)[:, None]
+    # At least one partition width (1/8) away from the change at x = 0.5,
+    # where overlapping gates blend the two noise levels.
+    quiet = np.linspace(0.05, 0.35, 30)[:, None]
+    noisy = np.linspace(0.65, 0.95, 30)[:, None]
     _, std_quiet = model.predict(quiet, return_std=True)
     _, std_noisy = model.predict(noisy, return_std=True)
     assert np.all(np.isfinite(std_quiet)) and np.all(std_quiet >= 0)
