@@ -96,7 +96,7 @@ fig.tight_layout()
 # %%
 # Both fits are accurate where the current is large. The fit on :math:`I`
 # minimizes absolute errors, which are dominated by the large currents; at
-# low voltage its errors (around :math:`10^{-9}` A in this run) exceed the
+# low voltage its errors (of the order of nanoamperes here) exceed the
 # current itself, and the prediction can even go negative. The fit on
 # :math:`\log I` is uniformly accurate in relative terms.
 # ``TransformedTargetRegressor`` applies ``func`` to the targets before
