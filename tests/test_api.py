@@ -116,10 +116,9 @@ def test_fitted_attributes(fitted_2d):
         assert coef.shape == (n_nodes, n_basis, 1)
         assert np.all(np.isfinite(coef))
     assert len(model.gate_params_) == 2
-    assert len(model.noise_var_) == 3
-    for var, n_nodes in zip(model.noise_var_, (1, 3, 6)):
-        assert var.shape == (n_nodes, 1)
-        assert np.all(var >= 0) and np.all(np.isfinite(var))
+    # Noise variances of the finest experts (the ones predict uses).
+    assert model.noise_var_.shape == (6, 1)
+    assert np.all(model.noise_var_ >= 0) and np.all(np.isfinite(model.noise_var_))
 
 
 # ------------------------------------------------- scikit-learn composition
