@@ -14,7 +14,8 @@ DOC = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOC.parent))
 
 # The gallery runs every example during the build: quick mode keeps it fast.
-os.environ["SKPOU_EXAMPLES_QUICK"] = "1"
+# (SKPOU_EXAMPLES_QUICK=0 in the environment builds the full-size gallery.)
+os.environ.setdefault("SKPOU_EXAMPLES_QUICK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import skpou  # noqa: E402
