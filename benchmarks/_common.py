@@ -219,6 +219,26 @@ def save_figure(fig, out_dir, name, report):
     return path
 
 
+def hpou_supports(name):
+    """Whether the installed estimator has this parameter (the API is moving)."""
+    from skpou import HierarchicalPOURegressor
+
+    return name in HierarchicalPOURegressor().get_params()
+
+
+def describe_hpou(params=None):
+    """'(4, 4), deg 4' plus the parameters that differ from the defaults."""
+    from skpou import HierarchicalPOURegressor
+
+    defaults = HierarchicalPOURegressor().get_params()
+    params = dict(defaults, **(params or {}))
+    text = f"{tuple(params['partitions'])}, deg {params['degree']}"
+    for key, value in params.items():
+        if key not in ("partitions", "degree") and value != defaults.get(key):
+            text += f", {key}={value}"
+    return text
+
+
 def warm_up_numba():
     """Load the cached Numba kernels once, so no timing includes compilation."""
     from skpou import HierarchicalPOURegressor

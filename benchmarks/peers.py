@@ -27,7 +27,16 @@ from threadpoolctl import threadpool_limits
 from skpou import HierarchicalPOURegressor
 
 from . import problems as P
-from ._common import fmt_err, fmt_time, fmt_wall_cpu, rel_l2, save_figure, timed
+from ._common import (
+    describe_hpou,
+    fmt_err,
+    fmt_time,
+    fmt_wall_cpu,
+    hpou_supports,
+    rel_l2,
+    save_figure,
+    timed,
+)
 
 SETTINGS = {
     True: dict(
@@ -52,11 +61,13 @@ def candidate_grid(n_features, quick):
     functions) stays small enough for the normal equations.
     """
     if quick:
-        return [dict(partitions=(4, 4), degree=4 if n_features <= 2 else 3),
-                dict(partitions=(8, 4), degree=3, gate="quadratic")]
+        return [dict(partitions=(8, 4), degree=3),
+                dict(partitions=(4, 4), degree=3, gate="quadratic")]
     degrees = (3, 5) if n_features <= 2 else (2, 3) if n_features >= 4 else (3, 4)
-    grid = [dict(partitions=p, degree=m) for p in ((8, 4), (16, 4)) for m in degrees]
-    grid.append(dict(partitions=(8, 4), degree=degrees[0], gate="quadratic"))
+    grid = [dict(partitions=p, degree=m) for p in ((4, 4), (8, 4)) for m in degrees]
+    grid.append(dict(partitions=(4, 4), degree=degrees[0], gate="quadratic"))
+    if hpou_supports("gate_alpha"):
+        grid.append(dict(partitions=(8, 4), degree=degrees[0], gate_alpha=1e-10))
     return grid
 
 
@@ -130,13 +141,6 @@ def select_configuration(X, y, grid, rows):
     return grid[best], scores[best], time.perf_counter() - start
 
 
-def _describe(params):
-    text = f"{params['partitions']}, deg {params['degree']}"
-    if params.get("gate", "linear") != "linear":
-        text += f", {params['gate']} gate"
-    return text
-
-
 def run(report, quick, repeats, out_dir):
     """Every method on one core: BLAS/OpenMP pools limited to one thread,
     HierarchicalPOURegressor with n_jobs=None (one thread)."""
@@ -167,7 +171,7 @@ def _run(report, quick, repeats, out_dir):
             )
             sec, model = timed(lambda: HierarchicalPOURegressor(**params).fit(X, y), repeats)
             res["HPOU best"] = (rel_l2(model.predict(Xt), yt), sec,
-                                f"{_describe(params)}; {model.n_iter_} cycles; "
+                                f"{describe_hpou(params)}; {model.n_iter_} cycles; "
                                 f"val {fmt_err(val_err)}; selection "
                                 f"{fmt_time(sel_sec)} over {len(grid)} configs")
             for method, (factory, rows) in peer_methods(prob.n_features, cfg).items():
@@ -230,7 +234,7 @@ def _run(report, quick, repeats, out_dir):
         report.add(
             f"HPOU configurations, n = {n:,}",
             "",
-            (("problem", "default (8, 4), deg 3", "best configuration"), cfg_rows),
+            (("problem", f"default: {describe_hpou()}", "best configuration"), cfg_rows),
         )
 
     # error vs time scatter, one panel per problem at the largest size

@@ -81,9 +81,9 @@ def run(report, quick, repeats, out_dir):
         "Fit time and peak memory against n (Franke 2-D, default model)",
         cap + "Each size runs in a fresh subprocess. 'traced peak' is "
         "tracemalloc's peak of Python/numpy allocations during one fit (Numba's "
-        "internal scratch is not traced); 'RSS peak extra' is the process's "
-        "high-water RSS after the timed fits minus its RSS before them (an "
-        "upper bound). Ratios: (X + y + fit's extra) / (X + y + pickled "
+        "internal scratch is not traced); 'RSS peak extra' is the peak RSS "
+        "during the timed fits (VmHWM, reset just before them) minus the RSS "
+        "before them. Ratios: (X + y + fit's extra) / (X + y + pickled "
         "model); the target is < 4x.",
         (("n", "V-cycles", "fit time", "per cycle (fit/cycles)", "rel L2",
           "X + y", "model", "traced peak", "RSS peak extra",
