@@ -26,7 +26,7 @@ from sklearn.utils.parallel import Parallel, delayed
 from joblib import effective_n_jobs
 
 from . import _kernels
-from ._experts import map_row_blocks
+from ._experts import local_frames, map_row_blocks
 
 # Parent weight below which a sample does not enter that parent's gate fit.
 MIN_PARENT_WEIGHT = 1e-10
@@ -100,7 +100,7 @@ class SoftmaxGate:
         n_parents = n_nodes // n_children
         size = n_children * n_gate_features
         total = sample_weight.sum()
-        eye = np.eye(size)
+        ridge = self._sharpness_ridge(X, sample_weight, resp, n_children)
 
         def penalized(theta):
             """Log gate probabilities and the penalized J_p of every parent."""
@@ -110,8 +110,8 @@ class SoftmaxGate:
                 G, theta, sample_weight, resp, n_children, MIN_PARENT_WEIGHT,
                 log_prob, fit,
             )
-            norm = (theta.reshape(n_parents, size) ** 2).sum(axis=1)
-            return log_prob, fit / total - 0.5 * self.ridge * norm
+            penalty = (ridge * theta.reshape(n_parents, size) ** 2).sum(axis=1)
+            return log_prob, fit / total - 0.5 * penalty
 
         log_prob, objective = penalized(theta)
         for _ in range(self.max_iter if max_iter is None else max_iter):
@@ -119,8 +119,11 @@ class SoftmaxGate:
                 G, sample_weight, resp, np.exp(log_prob), n_children, n_jobs
             )
             flat = theta.reshape(n_parents, size)
-            grad = grad.reshape(n_parents, size) / total - self.ridge * flat
-            step = _newton_step(curvature / total + self.ridge * eye, grad)
+            grad = grad.reshape(n_parents, size) / total - ridge * flat
+            curvature = curvature / total
+            diagonal = np.arange(size)
+            curvature[:, diagonal, diagonal] += ridge
+            step = _newton_step(curvature, grad)
             decrement = np.einsum("ps,ps->p", grad, step)
             if np.all(decrement <= self.tol * (1.0 + np.abs(objective))):
                 break
@@ -129,6 +132,34 @@ class SoftmaxGate:
                 n_children,
             )
         return theta
+
+    def _sharpness_ridge(self, X, sample_weight, resp, n_children):
+        """Per-parent diagonal ridge, shape (n_parents, n_children * F).
+
+        What the penalty should bound is how sharp the transitions between
+        siblings are, measured in units of a child's width, not the raw
+        logit slopes: a parent of half-width h split in N has children of
+        width ~h/N, so a slope a gives sharpness ~a h / N. The ridge on a
+        slope is therefore ridge * m * (h / N)^2 / N: m (the parent's share
+        of the weight) keeps deep, small parents from being penalized more
+        than the data they hold, and the last 1/N keeps the optimal
+        sharpness from shrinking as siblings are added. Quadratic terms
+        scale with the product of two half-widths; the biases get a token
+        ridge that only fixes the softmax's shift invariance.
+        """
+        n_samples, n_features = X.shape
+        parent_weight = sample_weight[:, None] * resp.reshape(
+            n_samples, -1, n_children
+        ).sum(axis=2)
+        mass = parent_weight.sum(axis=0) / sample_weight.sum()
+        _, half_width = local_frames(X, parent_weight, 1e-6)
+        columns = [np.full((half_width.shape[0], 1), 1e-6), half_width**2]
+        if self.order == 2:
+            i, j = np.triu_indices(n_features)
+            columns.append((half_width[:, i] * half_width[:, j]) ** 2)
+        per_feature = np.hstack(columns) / n_children**3
+        ridge = self.ridge * mass[:, None] * per_feature
+        return np.tile(ridge, (1, n_children))
 
     def _newton_terms(self, G, sample_weight, resp, prob, n_children, n_jobs):
         n_parents = resp.shape[1] // n_children

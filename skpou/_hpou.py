@@ -69,7 +69,7 @@ INIT_SWEEPS = 2
 # initial split, and per gate M-step inside EM (a partial M-step: EM still
 # increases the likelihood, and the next sweep continues where it stopped).
 INIT_GATE_ITER = 20
-SWEEP_GATE_ITER = 1
+SWEEP_GATE_ITER = 2
 
 
 class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
@@ -97,12 +97,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     gate_hidden_sizes : tuple of int, default=(10, 10)
         Hidden layer widths of the ``"mlp"`` gate.
 
-    gate_alpha : float, default=1e-5
-        L2 penalty on the gate parameters, per unit of sample weight. The
-        default keeps neighbouring partitions overlapping: smooth blends,
-        the most accurate choice for smooth targets. Tiny values (1e-20)
-        let gates sharpen until transition zones hold almost no sample, as
-        exact reproduction of piecewise polynomials needs.
+    gate_alpha : float, default=1e-2
+        Penalty on how sharp the transitions between sibling partitions are
+        (the gate slopes measured in units of a child partition's width,
+        weighted by the parent's share of the data, so the same value suits
+        any depth and number of partitions). The default keeps neighbours
+        overlapping: smooth blends, the most accurate choice for smooth
+        targets. Tiny values (1e-20) let gates sharpen until transition zones
+        hold almost no sample, as exact reproduction of piecewise
+        polynomials needs.
 
     sigma : {"shared", "em", "fixed"}, default="shared"
         Expert noise during training. ``"fixed"`` keeps sigma = 1 on the
@@ -128,7 +131,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     tol : float, default=1e-4
         Stop when the relative change of the EM objective (the negative mean
-        log-likelihood, relative to max(|loss|, 1)) between two cycles falls
+        log-likelihood, relative to ``max(|loss|, 1)``) between two cycles falls
         below ``tol``. ``tol=0`` runs all ``n_cycles``.
 
     em_subsample : int or None, default=100_000
@@ -139,7 +142,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     n_jobs : int, default=None
         Threads for assembling and solving the per-partition problems
-        (``None`` means 1 unless in a :func:`joblib.parallel_backend`
+        (``None`` means 1 unless in a :func:`joblib.parallel_config`
         context, -1 means all processors). Results do not depend on it.
 
     random_state : int, RandomState instance or None, default=None
@@ -159,7 +162,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when X has string feature names.
 
     n_outputs_ : int
@@ -175,9 +178,31 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         EM objective of each cycle: the finest level's negative mean
         log-likelihood of the standardized training targets.
 
+    partitions_ : tuple of int
+        The tree shape that was fitted.
+
+    powers_ : ndarray of shape (n_basis, n_features_in_)
+        Multi-indices of the total-degree Legendre basis of every expert.
+
     coef_ : list of ndarray
         Expert coefficients per level, shape (n_nodes, n_basis, n_outputs),
         in each expert's local Legendre basis.
+
+    centers_, scales_ : list of ndarray
+        Per level, each expert's local frame, shape (n_nodes, n_features_in_):
+        expert k evaluates its basis at (x_scaled - centers_[k]) / scales_[k].
+
+    log_var_ : list of ndarray
+        Per level, the log noise variances used by the last EM sweep.
+
+    x_offset_, x_scale_ : ndarray of shape (n_features_in_,)
+        Inputs are scaled as (X - x_offset_) / x_scale_ into [-1, 1].
+
+    y_offset_, y_scale_ : ndarray of shape (n_outputs_,)
+        Targets are standardized as (y - y_offset_) / y_scale_.
+
+    polished_ : bool
+        Whether the finest experts were polished (see ``polish``).
 
     gate_params_ : list
         Gate parameters per level below the root.
@@ -226,7 +251,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         *,
         gate="linear",
         gate_hidden_sizes=(10, 10),
-        gate_alpha=1e-5,
+        gate_alpha=1e-2,
         sigma="shared",
         alpha=1e-10,
         polish=True,
@@ -294,9 +319,12 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     def _fit(self, X, y, sample_weight):
         partitions = _validated_sizes(self.partitions, "partitions")
         _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
+        if isinstance(self.degree, bool):
+            raise ValueError(f"degree must be an integer; got {self.degree!r}.")
         X, y = validate_data(
             self, X, y, multi_output=True, y_numeric=True, dtype=np.float64
         )
+        y = _numeric_finite_targets(y)
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
@@ -319,10 +347,13 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Y = y.reshape(y.shape[0], -1)
         self.n_outputs_ = Y.shape[1]
         self._fit_scaling(X, Y, sample_weight)
+        # Rows in a canonical order: floating-point sums, and so the fit,
+        # then do not depend on how the caller ordered the rows.
+        order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
         data = _TrainingData(
-            X=self._scale_inputs(X),
-            Y=(Y / self.y_scale_) - (self.y_offset_ / self.y_scale_),
-            sample_weight=sample_weight,
+            X=self._scale_inputs(X[order]),
+            Y=(Y[order] / self.y_scale_) - (self.y_offset_ / self.y_scale_),
+            sample_weight=sample_weight[order],
         )
         random_state = check_random_state(self.random_state)
         em_data = self._em_subsample(data, random_state)
@@ -410,7 +441,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._m_step_experts(data, 0, resp)
         self._m_step_noise(data, 0, resp)
         for level, n_children in enumerate(self.partitions_, start=1):
-            split = _principal_axis_split(data, resp, n_children)
+            split = _split_along_axis(data, resp, n_children, self.degree)
             params = self._gate_family().initial_params(
                 resp.shape[1], n_children, data.X.shape[1], random_state
             )
@@ -613,16 +644,29 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         )
 
     def _refit_noise(self, data):
-        """The finest experts' own noise variances, for the predictive variance."""
+        """Each finest partition's noise variance, from the fitted mean.
+
+        sigma_k^2 = sum_d s_d pi_k(x_d) (y_d - mean(x_d))^2 / sum_d s_d pi_k(x_d):
+        the residuals of the prediction itself, gate-weighted. (Residuals of
+        each expert alone would mislead after the polish, which fits the
+        experts jointly: individually they need not fit.)
+        """
         level = len(self.partitions_)
-        resp, _ = self._e_step(data, level)
-        squared, mass = self._weighted_residuals(data, level, resp)
+        n_nodes = self.coef_[level].shape[0]
+        no_noise = np.zeros((n_nodes, self.n_outputs_))
+        mean, _ = self._moments(data.X, level, no_noise, include_spread=False)
+        weighted_gate = data.sample_weight[:, None] * np.exp(
+            self._log_gates(data.X, level)
+        )
+        squared = weighted_gate.T @ (data.Y - mean) ** 2
+        mass = weighted_gate.sum(axis=0)
         pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
         own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
         var = np.where(mass[:, None] > 0, own, pooled)
         self.noise_var_ = np.maximum(var, MIN_NOISE_VAR)
+        self.polished_ = bool(self.polish)
 
-    def _moments(self, X, level, var):
+    def _moments(self, X, level, var, include_spread):
         """Mixture mean and variance at a level, given each node's noise variance."""
         log_gate = self._log_gates(X, level)
         mean = np.empty((X.shape[0], self.n_outputs_))
@@ -632,7 +676,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             _kernels.mixture_moments(
                 X[rows], log_gate[rows], self.centers_[level], self.scales_[level],
                 self.coef_[level], self.powers_, self.degree, var, MIN_LOG_GATE,
-                mean[rows], variance[rows],
+                include_spread, mean[rows], variance[rows],
             )
 
         map_row_blocks(block, X.shape[0], self.n_jobs)
@@ -650,7 +694,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
         return_std : bool, default=False
             Also return the predictive standard deviation of the mixture,
-            sqrt(sum_k pi_k (sigma_k^2 + mu_k^2) - mean^2).
+            sqrt(sum_k pi_k (sigma_k^2 + (mu_k - mean)^2)), with sigma_k^2
+            each partition's residual variance. After the polish (the
+            default) the experts are fitted jointly rather than as rival
+            explanations, and the spread term is left out.
 
         Returns
         -------
@@ -665,6 +712,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         mean, variance = self._moments(
             self._scale_inputs(X), len(self.partitions_),
             self.noise_var_,
+            # Polished experts are fitted jointly, not as rival explanations:
+            # their spread around the mean is no uncertainty.
+            include_spread=not self.polished_,
         )
         mean = mean * self.y_scale_ + self.y_offset_
         if self._y_was_1d:
@@ -694,7 +744,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         n_levels = len(self.partitions_) + 1
-        if not isinstance(level, Integral) or not -n_levels <= level < n_levels:
+        if (
+            not isinstance(level, Integral)
+            or isinstance(level, bool)
+            or not -n_levels <= level < n_levels
+        ):
             raise ValueError(
                 f"level must be an integer in [{-n_levels}, {n_levels - 1}] for "
                 f"partitions={self.partitions_}; got {level!r}."
@@ -728,8 +782,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             np.average((unit - offset) ** 2, axis=0, weights=sample_weight)
         )
         self.y_offset_ = offset * magnitude
-        # A constant target keeps scale 1: its standardized values are 0.
-        self.y_scale_ = np.where(spread > 0, spread * magnitude, 1.0)
+        # A constant target keeps its magnitude as scale (its standardized
+        # values are 0), so the predictive std stays in proportion to it.
+        self.y_scale_ = np.where(spread > 0, spread, 1.0) * magnitude
 
     def _scale_inputs(self, X):
         return (X - self.x_offset_) / self.x_scale_
@@ -752,6 +807,21 @@ class _TrainingData:
         self.sample_weight = sample_weight
 
 
+def _numeric_finite_targets(y):
+    """y as float64, or a ValueError naming the problem.
+
+    validate_data leaves string arrays alone and converts object arrays
+    after its finiteness check, so None in an object array would become NaN.
+    """
+    try:
+        y = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"y must be numeric: {error}") from None
+    if not np.all(np.isfinite(y)):
+        raise ValueError("Input y contains NaN or infinity.")
+    return y
+
+
 def _validated_sizes(sizes, name):
     values = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
     if not values or not all(
@@ -770,11 +840,14 @@ def _restrict(resp, n_children):
     return resp.reshape(n_samples, n_nodes // n_children, n_children).sum(axis=2)
 
 
-def _principal_axis_split(data, resp, n_children):
-    """Soft split of every node into n_children slabs along its principal axis.
+def _split_along_axis(data, resp, n_children, degree):
+    """Soft split of every node into n_children slabs along one axis.
+
+    The axis is the node's principal axis, or for constant experts the
+    direction of the target's least-squares gradient.
 
     Slab boundaries are weighted quantiles (inverted CDF, so integer weights
-    equal repeated rows) of the projection on the node's principal axis. The
+    equal repeated rows) of the projection on that axis. The
     returned labels (n_samples, n_nodes * n_children) are the parents'
     responsibilities times a softmax whose logits are ordered in the
     projection t: logit_j = beta (j t - sum_{i<=j} q_i) changes winner at q_j.
@@ -790,9 +863,27 @@ def _principal_axis_split(data, resp, n_children):
             labels[:, p * n_children:(p + 1) * n_children] = resp[:, [p]] / n_children
             continue
         mean = np.average(X[rows], axis=0, weights=weight[rows])
-        cov = np.cov(X[rows] - mean, rowvar=False, aweights=weight[rows], bias=True)
-        _, eigvec = np.linalg.eigh(np.atleast_2d(cov))
-        axis = eigvec[:, -1]
+        axis = None
+        if degree == 0:
+            # Constant experts leave the whole trend to the partition: cut
+            # along the direction in which the target changes most (the
+            # least-squares gradient). Higher-degree experts absorb the
+            # trend themselves, and the principal axis balances the pieces.
+            root = np.sqrt(weight[rows])[:, None]
+            centred_y = data.Y[rows] - np.average(
+                data.Y[rows], axis=0, weights=weight[rows]
+            )
+            gradient = np.linalg.lstsq(
+                root * (X[rows] - mean), root * centred_y, rcond=None
+            )[0]
+            left, singular, _ = np.linalg.svd(gradient, full_matrices=False)
+            if singular[0] > 0:
+                axis = left[:, 0]
+        if axis is None:
+            cov = np.cov(
+                X[rows] - mean, rowvar=False, aweights=weight[rows], bias=True
+            )
+            axis = np.linalg.eigh(np.atleast_2d(cov))[1][:, -1]
         axis *= np.sign(axis[np.argmax(np.abs(axis))])
         t = X @ axis
         quantiles = np.quantile(

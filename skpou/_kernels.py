@@ -116,12 +116,13 @@ def e_step(
 @njit(cache=True, nogil=True)
 def mixture_moments(
     X, log_gate, centers, scales, coef, powers, degree, var, min_log_gate,
-    mean, variance,
+    include_spread, mean, variance,
 ):
     """Mixture mean sum_k pi_k mu_k and variance sum_k pi_k (s_k^2 + (mu_k - mean)^2).
 
     The variance is summed in its centred form: sum pi (s^2 + mu^2) - mean^2
-    would cancel catastrophically where the experts fit tightly.
+    would cancel catastrophically where the experts fit tightly. Without
+    ``include_spread`` only sum_k pi_k s_k^2 is summed.
     """
     n_samples, n_nodes = log_gate.shape
     n_targets = coef.shape[2]
@@ -149,7 +150,7 @@ def mixture_moments(
             if gate[k] == 0.0:
                 continue
             for t in range(n_targets):
-                spread = mu[k, t] - mean[d, t]
+                spread = mu[k, t] - mean[d, t] if include_spread else 0.0
                 variance[d, t] += gate[k] * (var[k, t] + spread * spread)
 
 
