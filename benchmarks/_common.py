@@ -69,6 +69,12 @@ def fmt_err(value):
     return f"{value:.2e}"
 
 
+def fmt_n(n):
+    """1e4 for 10000, 3e3 for 3000."""
+    mantissa, exponent = f"{n:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def fmt_time(seconds):
     if seconds is None:
         return "n/a"

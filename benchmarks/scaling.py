@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from skpou import HierarchicalPOURegressor
 
 from . import problems as P
-from ._common import ROOT, fmt_bytes, fmt_err, fmt_time, rel_l2, save_figure, timed
+from ._common import ROOT, fmt_bytes, fmt_err, fmt_n, fmt_time, rel_l2, save_figure, timed
 
 # Quick mode caps the EM at 3 V-cycles (tol=0) in the n and partition sweeps
 # and the thread comparison, so every size does the same, bounded work.
@@ -108,14 +108,15 @@ def run(report, quick, repeats, out_dir):
     ax[1].legend(fontsize=7)
     save_figure(fig, out_dir, f"scaling_n{'-quick' if quick else ''}.png", report)
 
-    if 1_000_000 in by_n and 100_000 in by_n:
-        growth = by_n[1_000_000]["seconds"] / by_n[100_000]["seconds"]
-        report.target("fit time growth, n 1e5 -> 1e6", "<= 12x",
-                      f"{growth:.1f}x ({fmt_time(by_n[100_000]['seconds'])} -> "
-                      f"{fmt_time(by_n[1_000_000]['seconds'])})", growth <= 12)
-        sec = by_n[1_000_000]["seconds"]
-        report.target("1e6-sample 2-D fit, defaults", "< 60 s",
-                      fmt_time(sec), sec < 60)
+    if not quick:  # the targets are stated for the last two sizes, 1e5 and 1e6
+        big, small = ns[-1], ns[-2]
+        growth = by_n[big]["seconds"] / by_n[small]["seconds"]
+        report.target(f"fit time growth, n {fmt_n(small)} -> {fmt_n(big)}", "<= 12x",
+                      f"{growth:.1f}x ({fmt_time(by_n[small]['seconds'])} -> "
+                      f"{fmt_time(by_n[big]['seconds'])})", growth <= 12)
+        sec = by_n[big]["seconds"]
+        report.target(f"{fmt_n(big)}-sample 2-D fit, defaults", "< 60 s",
+                      f"{fmt_time(sec)} ({by_n[big]['n_iter']} V-cycles)", sec < 60)
     else:
         big, small = ns[-1], ns[-2]
         growth = by_n[big]["seconds"] / by_n[small]["seconds"]
