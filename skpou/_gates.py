@@ -63,7 +63,7 @@ class SoftmaxGate:
     separate perfectly: exact reproduction needs sharp gates, but finite ones.
     """
 
-    def __init__(self, order, ridge, max_iter=5, tol=1e-10):
+    def __init__(self, order, ridge, max_iter=2, tol=1e-10):
         self.order = order
         self.ridge = ridge
         self.max_iter = max_iter
@@ -221,7 +221,7 @@ class MLPGate:
     the last layer has n_children outputs.
     """
 
-    def __init__(self, hidden_sizes, ridge, max_iter=50):
+    def __init__(self, hidden_sizes, ridge, max_iter=20):
         self.hidden_sizes = tuple(hidden_sizes)
         self.ridge = ridge
         self.max_iter = max_iter

@@ -66,10 +66,10 @@ PRUNE_MASS = 1e-12
 # EM sweeps at each new level during the coarse-to-fine initialization.
 INIT_SWEEPS = 2
 # Gate iterations (Newton or L-BFGS) fitting a new level's gates to the
-# initial split, and per gate M-step inside EM (a partial M-step: EM still
-# increases the likelihood, and the next sweep continues where it stopped).
-INIT_GATE_ITER = 20
-SWEEP_GATE_ITER = 2
+# initial split. Inside EM each gate family takes its own, smaller budget per
+# M-step (a partial M-step: EM still increases the likelihood, and the next
+# sweep continues where it stopped).
+INIT_GATE_ITER = 50
 
 
 class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
@@ -631,7 +631,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """Update the conditional gates pi_{j|parent} of one level."""
         self.gate_params_[level - 1] = self._gate_family().m_step(
             data.X, data.sample_weight, resp, self.gate_params_[level - 1],
-            self.partitions_[level - 1], self.n_jobs, max_iter=SWEEP_GATE_ITER,
+            self.partitions_[level - 1], self.n_jobs,
         )
 
     def _polish_finest_experts(self, data):
