@@ -15,8 +15,6 @@ import time
 import tracemalloc
 import warnings
 
-import numpy as np
-
 
 def _rss_bytes():
     with open("/proc/self/statm") as f:
