@@ -9,6 +9,8 @@ over blocks of rows; joblib threads share the blocks (the kernels release the
 GIL) and then the per-node Cholesky solves.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import combinations_with_replacement
 
 import numpy as np
@@ -21,7 +23,7 @@ from . import _kernels
 
 # Fixed block size: row blocks, and so the order of floating-point sums, never
 # depend on n_jobs, which keeps fits bit-identical across n_jobs.
-ROWS_PER_BLOCK = 8192
+ROWS_PER_BLOCK = 4096
 
 
 def total_degree_powers(n_features, degree):
@@ -33,6 +35,24 @@ def total_degree_powers(n_features, degree):
     return np.array(powers, dtype=np.int64).reshape(-1, n_features)
 
 
+def basis_recipe(powers):
+    """How to build each basis function from an earlier one, shape (M, 3).
+
+    Row m = (prefix, feature, power): basis m is basis ``prefix`` times the
+    1-D Legendre polynomial of that power in that feature, where ``prefix``
+    is m's multi-index with its last non-zero exponent removed (of lower
+    total degree, so listed earlier). Row 0 is the constant.
+    """
+    index = {tuple(row): m for m, row in enumerate(powers)}
+    recipe = np.zeros((powers.shape[0], 3), dtype=np.int64)
+    for m, row in enumerate(powers[1:], start=1):
+        feature = int(np.flatnonzero(row)[-1])
+        prefix = row.copy()
+        prefix[feature] = 0
+        recipe[m] = (index[tuple(prefix)], feature, row[feature])
+    return recipe
+
+
 def row_blocks(n_samples):
     return [
         slice(start, min(start + ROWS_PER_BLOCK, n_samples))
@@ -40,14 +60,30 @@ def row_blocks(n_samples):
     ]
 
 
-def map_row_blocks(function, n_samples, n_jobs):
+@contextmanager
+def thread_pool(n_jobs):
+    """Threads for the row-block maps of one fit or predict (None: serial).
+
+    EM runs many short parallel steps (a kernel over each row block, a few
+    milliseconds each), so the pool is started once per fit and is a plain
+    executor: a joblib ``Parallel`` call costs ~10 ms of dispatch here,
+    more than the step itself. joblib parallelises the coarser per-partition
+    solves (``solve_normal_equations``).
+    """
+    n_threads = effective_n_jobs(n_jobs)
+    if n_threads == 1:
+        yield None
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            yield pool
+
+
+def map_row_blocks(function, n_samples, pool):
     """Run function(rows) for each fixed row block; results in block order."""
     blocks = row_blocks(n_samples)
-    if len(blocks) == 1 or effective_n_jobs(n_jobs) == 1:
+    if pool is None or len(blocks) == 1:
         return [function(rows) for rows in blocks]
-    return Parallel(n_jobs=n_jobs, prefer="threads")(
-        delayed(function)(rows) for rows in blocks
-    )
+    return list(pool.map(function, blocks))
 
 
 def local_frames(X, weights, min_scale):
@@ -69,11 +105,11 @@ def local_frames(X, weights, min_scale):
 
 
 def assemble_normal_equations(
-    X, Y, sample_weight, resp, centers, scales, powers, degree, min_resp, n_jobs
+    X, Y, sample_weight, resp, centers, scales, recipe, degree, min_resp, pool
 ):
     """Per-node Gram matrices (K, M, M) and right-hand sides (K, M, T)."""
     n_nodes = resp.shape[1]
-    n_basis = powers.shape[0]
+    n_basis = recipe.shape[0]
     n_targets = Y.shape[1]
 
     def block(rows):
@@ -81,11 +117,11 @@ def assemble_normal_equations(
         rhs = np.zeros((n_nodes, n_basis, n_targets))
         _kernels.normal_equations(
             X[rows], Y[rows], sample_weight[rows], resp[rows], centers, scales,
-            powers, degree, min_resp, gram, rhs,
+            recipe, degree, min_resp, gram, rhs,
         )
         return gram, rhs
 
-    parts = map_row_blocks(block, X.shape[0], n_jobs)
+    parts = map_row_blocks(block, X.shape[0], pool)
     gram = parts[0][0]
     rhs = parts[0][1]
     for part_gram, part_rhs in parts[1:]:
@@ -118,23 +154,27 @@ def _solve_one(gram, rhs):
         return eigvec[:, keep] @ ((eigvec[:, keep].T @ rhs) / eigval[keep, None])
 
 
+# Below this many flops a joblib dispatch (~10 ms) costs more than the solves.
+MIN_PARALLEL_SOLVE_FLOPS = 5e7
+
+
 def solve_normal_equations(gram, rhs, alpha, n_jobs):
     """Ridge-regularized solves of all nodes' systems, batched over threads."""
     n_nodes, n_basis, _ = gram.shape
     gram = gram + alpha * np.eye(n_basis)
     n_batches = min(effective_n_jobs(n_jobs), n_nodes)
-    if n_batches <= 1 or n_nodes * n_basis**3 < 2e5:
+    if n_batches <= 1 or n_nodes * n_basis**3 / 3 < MIN_PARALLEL_SOLVE_FLOPS:
         return _solve_batch(gram, rhs)
     batches = np.array_split(np.arange(n_nodes), n_batches)
-    parts = Parallel(n_jobs=n_jobs, prefer="threads")(
+    parts = Parallel(n_jobs=n_batches, prefer="threads")(
         delayed(_solve_batch)(gram[idx], rhs[idx]) for idx in batches
     )
     return np.concatenate(parts)
 
 
 def solve_blended_least_squares(
-    X, Y, sample_weight, log_gate, centers, scales, coef, powers, degree,
-    min_log_gate, alpha, n_jobs,
+    X, Y, sample_weight, log_gate, centers, scales, coef, recipe, degree,
+    min_log_gate, alpha, pool,
 ):
     """Joint least squares of all experts against the blended mean, gates frozen.
 
@@ -146,7 +186,7 @@ def solve_blended_least_squares(
     coefficients ``coef``, so nodes the data barely reach keep them.
     """
     n_nodes = log_gate.shape[1]
-    n_basis = powers.shape[0]
+    n_basis = recipe.shape[0]
     n_targets = Y.shape[1]
     overlaps = np.zeros((n_nodes, n_nodes), dtype=np.bool_)
     _kernels.overlapping_pairs(log_gate, min_log_gate, overlaps)
@@ -159,11 +199,11 @@ def solve_blended_least_squares(
         rhs = np.zeros((n_nodes, n_basis, n_targets))
         _kernels.blended_normal_equations(
             X[rows], Y[rows], sample_weight[rows], log_gate[rows], centers,
-            scales, powers, degree, min_log_gate, pair_id, blocks, rhs,
+            scales, recipe, degree, min_log_gate, pair_id, blocks, rhs,
         )
         return blocks, rhs
 
-    parts = map_row_blocks(block, X.shape[0], n_jobs)
+    parts = map_row_blocks(block, X.shape[0], pool)
     blocks, rhs = parts[0]
     for part_blocks, part_rhs in parts[1:]:
         blocks += part_blocks

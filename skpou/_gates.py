@@ -22,8 +22,6 @@ Parameters are plain numpy arrays; gate objects only hold settings.
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
-from sklearn.utils.parallel import Parallel, delayed
-from joblib import effective_n_jobs
 
 from . import _kernels
 from ._experts import local_frames, map_row_blocks
@@ -93,7 +91,7 @@ class SoftmaxGate:
         return out
 
     def m_step(
-        self, X, sample_weight, resp, theta, n_children, n_jobs, max_iter=None
+        self, X, sample_weight, resp, theta, n_children, pool, max_iter=None
     ):
         G = self.features(X)
         n_nodes, n_gate_features = theta.shape
@@ -116,7 +114,7 @@ class SoftmaxGate:
         log_prob, objective = penalized(theta)
         for _ in range(self.max_iter if max_iter is None else max_iter):
             grad, curvature = self._newton_terms(
-                G, sample_weight, resp, np.exp(log_prob), n_children, n_jobs
+                G, sample_weight, resp, np.exp(log_prob), n_children, pool
             )
             flat = theta.reshape(n_parents, size)
             grad = grad.reshape(n_parents, size) / total - ridge * flat
@@ -161,7 +159,7 @@ class SoftmaxGate:
         ridge = self.ridge * mass[:, None] * per_feature
         return np.tile(ridge, (1, n_children))
 
-    def _newton_terms(self, G, sample_weight, resp, prob, n_children, n_jobs):
+    def _newton_terms(self, G, sample_weight, resp, prob, n_children, pool):
         n_parents = resp.shape[1] // n_children
         size = n_children * G.shape[1]
 
@@ -174,7 +172,7 @@ class SoftmaxGate:
             )
             return grad, curvature
 
-        parts = map_row_blocks(block, G.shape[0], n_jobs)
+        parts = map_row_blocks(block, G.shape[0], pool)
         grad = sum(part[0] for part in parts[1:]) + parts[0][0]
         curvature = sum(part[1] for part in parts[1:]) + parts[0][1]
         upper = np.triu(curvature)
@@ -265,7 +263,7 @@ class MLPGate:
         return log_gate + group_log_softmax(logits, n_children)
 
     def m_step(
-        self, X, sample_weight, resp, params, n_children, n_jobs, max_iter=None
+        self, X, sample_weight, resp, params, n_children, pool, max_iter=None
     ):
         n_parents = params[0].shape[0]
         total = sample_weight.sum()
@@ -279,12 +277,10 @@ class MLPGate:
                 (X[rows], sample_weight[rows] / total, labels[rows], own,
                  self.max_iter if max_iter is None else max_iter)
             )
-        if effective_n_jobs(n_jobs) == 1 or n_parents == 1:
+        if pool is None or n_parents == 1:
             fitted = [self._fit_parent(*job) for job in jobs]
         else:
-            fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
-                delayed(self._fit_parent)(*job) for job in jobs
-            )
+            fitted = list(pool.map(lambda job: self._fit_parent(*job), jobs))
         return tuple(
             np.concatenate([parent[i] for parent in fitted])
             for i in range(len(params))

@@ -38,10 +38,12 @@ from sklearn.utils.validation import (
 from . import _kernels
 from ._experts import (
     assemble_normal_equations,
+    basis_recipe,
     local_frames,
     map_row_blocks,
     solve_blended_least_squares,
     solve_normal_equations,
+    thread_pool,
     total_degree_powers,
 )
 from ._gates import group_log_softmax, make_gate
@@ -64,7 +66,7 @@ EM_NOISE_FLOOR = 1e-2
 # Nodes holding at most this fraction of the total sample weight are pruned.
 PRUNE_MASS = 1e-12
 # EM sweeps at each new level during the coarse-to-fine initialization.
-INIT_SWEEPS = 2
+INIT_SWEEPS = 1
 # Gate iterations (Newton or L-BFGS) fitting a new level's gates to the
 # initial split. Inside EM each gate family takes its own, smaller budget per
 # M-step (a partial M-step: EM still increases the likelihood, and the next
@@ -126,7 +128,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         responsibilities, which is not the least-squares optimum of the mean
         where gates overlap.
 
-    n_cycles : int, default=10
+    n_cycles : int, default=5
         Maximum number of V-cycles of the multilevel EM.
 
     tol : float, default=1e-4
@@ -255,7 +257,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         sigma="shared",
         alpha=1e-10,
         polish=True,
-        n_cycles=10,
+        n_cycles=5,
         tol=1e-4,
         em_subsample=100_000,
         n_jobs=None,
@@ -310,11 +312,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             for name, value in vars(self).items()
         }
         try:
-            return self._fit(X, y, sample_weight)
+            with thread_pool(self.n_jobs) as self._pool:
+                return self._fit(X, y, sample_weight)
         except BaseException:
             vars(self).clear()
             vars(self).update(previous_state)
             raise
+        finally:
+            vars(self).pop("_pool", None)
 
     def _fit(self, X, y, sample_weight):
         partitions = _validated_sizes(self.partitions, "partitions")
@@ -343,6 +348,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._tree = tree
         self.partitions_ = partitions
         self.powers_ = powers
+        self._recipe = basis_recipe(powers)
         self._y_was_1d = y.ndim == 1
         Y = y.reshape(y.shape[0], -1)
         self.n_outputs_ = Y.shape[1]
@@ -448,7 +454,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             self.gate_params_.append(
                 self._gate_family().m_step(
                     data.X, data.sample_weight, split, params, n_children,
-                    self.n_jobs, max_iter=INIT_GATE_ITER,
+                    self._pool, max_iter=INIT_GATE_ITER,
                 )
             )
             resp = self._log_gates(data.X, level)
@@ -568,12 +574,12 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         def block(rows):
             _kernels.e_step(
                 data.X[rows], data.Y[rows], log_gate[rows], self.centers_[level],
-                self.scales_[level], self.coef_[level], self.powers_,
+                self.scales_[level], self.coef_[level], self._recipe,
                 self.degree, self.log_var_[level], MIN_LOG_GATE,
                 resp[rows], log_lik[rows],
             )
 
-        map_row_blocks(block, data.X.shape[0], self.n_jobs)
+        map_row_blocks(block, data.X.shape[0], self._pool)
         sw = data.sample_weight
         return resp, float(sw @ log_lik / sw.sum())
 
@@ -585,7 +591,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         del weights
         gram, rhs = assemble_normal_equations(
             data.X, data.Y, data.sample_weight, resp, centers, scales,
-            self.powers_, self.degree, MIN_RESPONSIBILITY, self.n_jobs,
+            self._recipe, self.degree, MIN_RESPONSIBILITY, self._pool,
         )
         self.coef_[level] = solve_normal_equations(
             gram / total, rhs / total, self.alpha, self.n_jobs
@@ -602,11 +608,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             _kernels.weighted_squared_residuals(
                 data.X[rows], data.Y[rows], data.sample_weight[rows], resp[rows],
                 self.centers_[level], self.scales_[level], self.coef_[level],
-                self.powers_, self.degree, MIN_RESPONSIBILITY, out,
+                self._recipe, self.degree, MIN_RESPONSIBILITY, out,
             )
             return out
 
-        parts = map_row_blocks(block, data.X.shape[0], self.n_jobs)
+        parts = map_row_blocks(block, data.X.shape[0], self._pool)
         squared = parts[0]
         for part in parts[1:]:
             squared += part
@@ -631,7 +637,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """Update the conditional gates pi_{j|parent} of one level."""
         self.gate_params_[level - 1] = self._gate_family().m_step(
             data.X, data.sample_weight, resp, self.gate_params_[level - 1],
-            self.partitions_[level - 1], self.n_jobs,
+            self.partitions_[level - 1], self._pool,
         )
 
     def _polish_finest_experts(self, data):
@@ -640,7 +646,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.coef_[level] = solve_blended_least_squares(
             data.X, data.Y, data.sample_weight, self._log_gates(data.X, level),
             self.centers_[level], self.scales_[level], self.coef_[level],
-            self.powers_, self.degree, MIN_LOG_GATE, self.alpha, self.n_jobs,
+            self._recipe, self.degree, MIN_LOG_GATE, self.alpha, self._pool,
         )
 
     def _refit_noise(self, data):
@@ -666,8 +672,13 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.noise_var_ = np.maximum(var, MIN_NOISE_VAR)
         self.polished_ = bool(self.polish)
 
-    def _moments(self, X, level, var, include_spread):
-        """Mixture mean and variance at a level, given each node's noise variance."""
+    def _moments(self, X, level, var, include_spread, pool=None):
+        """Mixture mean and variance at a level, given each node's noise variance.
+
+        ``pool``: the thread pool to use; the fit's own by default.
+        """
+        if pool is None:
+            pool = getattr(self, "_pool", None)
         log_gate = self._log_gates(X, level)
         mean = np.empty((X.shape[0], self.n_outputs_))
         variance = np.empty_like(mean)
@@ -675,11 +686,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         def block(rows):
             _kernels.mixture_moments(
                 X[rows], log_gate[rows], self.centers_[level], self.scales_[level],
-                self.coef_[level], self.powers_, self.degree, var, MIN_LOG_GATE,
+                self.coef_[level], self._recipe, self.degree, var, MIN_LOG_GATE,
                 include_spread, mean[rows], variance[rows],
             )
 
-        map_row_blocks(block, X.shape[0], self.n_jobs)
+        map_row_blocks(block, X.shape[0], pool)
         return mean, variance
 
     # --------------------------------------------------------------- predict
@@ -709,13 +720,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        mean, variance = self._moments(
-            self._scale_inputs(X), len(self.partitions_),
-            self.noise_var_,
-            # Polished experts are fitted jointly, not as rival explanations:
-            # their spread around the mean is no uncertainty.
-            include_spread=not self.polished_,
-        )
+        with thread_pool(self.n_jobs) as pool:
+            mean, variance = self._moments(
+                self._scale_inputs(X), len(self.partitions_),
+                self.noise_var_,
+                # Polished experts are fitted jointly, not as rival
+                # explanations: their spread around the mean is no uncertainty.
+                include_spread=not self.polished_,
+                pool=pool,
+            )
         mean = mean * self.y_scale_ + self.y_offset_
         if self._y_was_1d:
             mean, variance = mean[:, 0], variance[:, 0]

@@ -4,7 +4,8 @@ Shapes used throughout (one level of the partition tree, K nodes):
 
 - ``X``        (n_samples, n_features): inputs already mapped to [-1, 1]^n.
 - ``Y``        (n_samples, n_targets): standardized targets.
-- ``powers``   (n_basis, n_features): multi-indices of the total-degree basis.
+- ``recipe``   (n_basis, 3): how to build the total-degree basis (see
+  ``_experts.basis_recipe``).
 - ``centers``, ``scales`` (K, n_features): each expert's local frame; expert k
   evaluates Legendre polynomials at z = (x - centers[k]) / scales[k], so every
   local least-squares problem stays well conditioned however small its
@@ -28,10 +29,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 @njit(cache=True, nogil=True)
-def local_basis(x, center, scale, powers, legendre, out):
+def local_basis(x, center, scale, recipe, legendre, out):
     """Orthonormal Legendre products of total degree <= degree at one point.
 
-    ``legendre`` is scratch space of shape (n_features, degree + 1).
+    ``legendre`` is scratch space of shape (n_features, degree + 1). Basis
+    function m is built from an earlier one: out[m] = out[recipe[m, 0]] *
+    P_{recipe[m, 2]}(z_{recipe[m, 1]}) (see ``_experts.basis_recipe``), one
+    multiplication each instead of a product over all features.
     """
     n_features, n_degree = legendre.shape
     for i in range(n_features):
@@ -47,11 +51,9 @@ def local_basis(x, center, scale, powers, legendre, out):
         norm = math.sqrt(2 * j + 1)
         for i in range(n_features):
             legendre[i, j] *= norm
-    for m in range(powers.shape[0]):
-        value = 1.0
-        for i in range(n_features):
-            value *= legendre[i, powers[m, i]]
-        out[m] = value
+    out[0] = 1.0
+    for m in range(1, recipe.shape[0]):
+        out[m] = out[recipe[m, 0]] * legendre[recipe[m, 1], recipe[m, 2]]
 
 
 @njit(cache=True, nogil=True)
@@ -65,7 +67,7 @@ def _expert_mean(phi, coef_k, mu):
 
 @njit(cache=True, nogil=True)
 def e_step(
-    X, Y, log_gate, centers, scales, coef, powers, degree, log_var,
+    X, Y, log_gate, centers, scales, coef, recipe, degree, log_var,
     min_log_gate, resp, log_lik,
 ):
     """Responsibilities and per-sample log-likelihood of the mixture.
@@ -76,7 +78,7 @@ def e_step(
     """
     n_samples, n_nodes = log_gate.shape
     n_targets = Y.shape[1]
-    phi = np.empty(powers.shape[0])
+    phi = np.empty(recipe.shape[0])
     legendre = np.empty((X.shape[1], degree + 1))
     mu = np.empty(n_targets)
     log_joint = np.empty(n_nodes)
@@ -93,7 +95,7 @@ def e_step(
             if log_gate[d, k] < gate_max + min_log_gate:
                 log_joint[k] = -np.inf
                 continue
-            local_basis(X[d], centers[k], scales[k], powers, legendre, phi)
+            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
             _expert_mean(phi, coef[k], mu)
             value = log_gate[d, k] + log_norm[k]
             for t in range(n_targets):
@@ -115,7 +117,7 @@ def e_step(
 
 @njit(cache=True, nogil=True)
 def mixture_moments(
-    X, log_gate, centers, scales, coef, powers, degree, var, min_log_gate,
+    X, log_gate, centers, scales, coef, recipe, degree, var, min_log_gate,
     include_spread, mean, variance,
 ):
     """Mixture mean sum_k pi_k mu_k and variance sum_k pi_k (s_k^2 + (mu_k - mean)^2).
@@ -126,7 +128,7 @@ def mixture_moments(
     """
     n_samples, n_nodes = log_gate.shape
     n_targets = coef.shape[2]
-    phi = np.empty(powers.shape[0])
+    phi = np.empty(recipe.shape[0])
     legendre = np.empty((X.shape[1], degree + 1))
     mu = np.empty((n_nodes, n_targets))
     gate = np.empty(n_nodes)
@@ -142,7 +144,7 @@ def mixture_moments(
                 gate[k] = 0.0
                 continue
             gate[k] = math.exp(log_gate[d, k])
-            local_basis(X[d], centers[k], scales[k], powers, legendre, phi)
+            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
             _expert_mean(phi, coef[k], mu[k])
             for t in range(n_targets):
                 mean[d, t] += gate[k] * mu[k, t]
@@ -159,7 +161,7 @@ _SUB_BLOCK = 256  # rows gathered at once: keeps the gathered basis in L1/L2
 
 @njit(cache=True, nogil=True)
 def normal_equations(
-    X, Y, sample_weight, resp, centers, scales, powers, degree, min_resp,
+    X, Y, sample_weight, resp, centers, scales, recipe, degree, min_resp,
     gram, rhs,
 ):
     """Add sum_d w_kd phi_k(x_d) phi_k(x_d)^T and sum_d w_kd phi_k(x_d) y_d.
@@ -171,7 +173,7 @@ def normal_equations(
     upper triangle of ``gram`` is written; the caller mirrors it.
     """
     n_samples, n_nodes = resp.shape
-    n_basis = powers.shape[0]
+    n_basis = recipe.shape[0]
     n_targets = Y.shape[1]
     phi = np.empty(n_basis)
     legendre = np.empty((X.shape[1], degree + 1))
@@ -186,7 +188,7 @@ def normal_equations(
                 if r <= min_resp or sample_weight[d] == 0.0:
                     continue
                 root_w = math.sqrt(r * sample_weight[d])
-                local_basis(X[d], centers[k], scales[k], powers, legendre, phi)
+                local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
                 for m in range(n_basis):
                     Z[m, n_active] = root_w * phi[m]
                 for t in range(n_targets):
@@ -272,7 +274,7 @@ def softmax_newton_terms(
 
 @njit(cache=True, nogil=True)
 def weighted_squared_residuals(
-    X, Y, sample_weight, resp, centers, scales, coef, powers, degree, min_resp,
+    X, Y, sample_weight, resp, centers, scales, coef, recipe, degree, min_resp,
     out,
 ):
     """Add sum_d w_kd (y_d - mu_k(x_d))^2 to ``out`` (K, n_targets).
@@ -282,7 +284,7 @@ def weighted_squared_residuals(
     """
     n_samples, n_nodes = resp.shape
     n_targets = Y.shape[1]
-    phi = np.empty(powers.shape[0])
+    phi = np.empty(recipe.shape[0])
     legendre = np.empty((X.shape[1], degree + 1))
     mu = np.empty(n_targets)
     for d in range(n_samples):
@@ -290,7 +292,7 @@ def weighted_squared_residuals(
             w = resp[d, k] * sample_weight[d]
             if resp[d, k] <= min_resp or w == 0.0:
                 continue
-            local_basis(X[d], centers[k], scales[k], powers, legendre, phi)
+            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
             _expert_mean(phi, coef[k], mu)
             for t in range(n_targets):
                 residual = Y[d, t] - mu[t]
@@ -386,7 +388,7 @@ def overlapping_pairs(log_gate, min_log_gate, overlaps):
 
 @njit(cache=True, nogil=True)
 def blended_normal_equations(
-    X, Y, sample_weight, log_gate, centers, scales, powers, degree,
+    X, Y, sample_weight, log_gate, centers, scales, recipe, degree,
     min_log_gate, pair_id, blocks, rhs,
 ):
     """Normal equations of the deterministic POU network with frozen gates.
@@ -397,7 +399,7 @@ def blended_normal_equations(
     blocks[pair_id[k, k']] for k <= k'. rhs[k] = sum_d s_d pi_k phi_k y_d.
     """
     n_samples, n_nodes = log_gate.shape
-    n_basis = powers.shape[0]
+    n_basis = recipe.shape[0]
     n_targets = Y.shape[1]
     legendre = np.empty((X.shape[1], degree + 1))
     active = np.empty(n_nodes, dtype=np.int64)
@@ -412,7 +414,7 @@ def blended_normal_equations(
         n_active = 0
         for k in range(n_nodes):
             if log_gate[d, k] >= gate_max + min_log_gate:
-                local_basis(X[d], centers[k], scales[k], powers, legendre, phi[n_active])
+                local_basis(X[d], centers[k], scales[k], recipe, legendre, phi[n_active])
                 gate = math.sqrt(s) * math.exp(log_gate[d, k])
                 for m in range(n_basis):
                     phi[n_active, m] *= gate

@@ -144,7 +144,9 @@ def test_p_refinement_on_frozen_partitions():
         np.testing.assert_array_equal(model.predict_partitions(X_test), partitions)
         errors.append(relative_error(model, X_test, y_test))
     errors = np.array(errors)
-    assert np.all(errors[1:] < errors[:-1]), errors
+    # Each degree improves, until the fit reaches the ~1e-10 round-off floor
+    # of the (ill-conditioned, high-degree) least-squares solves.
+    assert np.all((errors[1:] < errors[:-1]) | (errors[1:] < 1e-9)), errors
     slope = np.polyfit(np.arange(1, 7), np.log10(errors), 1)[0]
     assert slope < -0.8, f"decades per degree {slope:.2f}, errors {errors}"
     assert errors[-1] < 1e-7, errors
