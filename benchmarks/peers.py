@@ -65,12 +65,10 @@ def candidate_grid(n_features, quick):
     if quick:
         return [{}, dict(partitions=(8, 4), degree=3),
                 dict(partitions=(4, 4), degree=3, gate="quadratic")]
-    degrees = (3, 5) if n_features <= 2 else (2, 3) if n_features >= 4 else (3, 4)
+    degree = 5 if n_features <= 2 else 4 if n_features == 3 else 3
     grid = [{}]  # the defaults are always a candidate
-    grid += [dict(partitions=p, degree=m) for p in ((4, 4), (8, 4)) for m in degrees]
-    grid.append(dict(partitions=(4, 4), degree=degrees[0], gate="quadratic"))
-    if hpou_supports("gate_alpha"):
-        grid.append(dict(partitions=(8, 4), degree=degrees[0], gate_alpha=1e-10))
+    grid += [dict(partitions=p, degree=degree) for p in ((8, 4), (8, 8))]
+    grid.append(dict(partitions=(4, 4), degree=degree, gate="quadratic"))
     return grid
 
 
