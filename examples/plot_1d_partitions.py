@@ -82,7 +82,7 @@ fig.tight_layout()
 # %%
 # The partitions are not placed on a uniform grid: the gates concentrate
 # where the function has most structure (around the bump at x = 1/2).
-# Every column of ``predict_partitions`` sums to one, and each coarse gate
+# Every row of ``predict_partitions`` sums to one, and each coarse gate
 # is the sum of its children's gates:
 print("rows sum to one:", np.allclose(fine.sum(axis=1), 1.0))
 print(

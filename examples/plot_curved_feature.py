@@ -89,9 +89,10 @@ fig.tight_layout()
 # follows the parabola. Quadratic gates can draw such a boundary, and the
 # partitions line up with the kink; affine gates approximate it by straight
 # segments, and the experts must absorb the kink near them, so the error is
-# larger. Only a few of the 16 partitions are needed: the fit warns that it
-# pruned the ones left without data. With the default ``gate_alpha`` the
-# gates stay smooth, so neighbouring experts still blend across the kink;
-# a tiny ``gate_alpha`` (say ``1e-20``) lets them sharpen, which exact
-# reproduction of piecewise polynomials needs.
+# larger. (A partition that ends up with no data at all is pruned, with a
+# warning: fewer partitions would give the same model.) With the default
+# ``gate_alpha`` the gates stay smooth, so neighbouring experts still blend
+# across the kink; a tiny ``gate_alpha`` (say ``1e-20``, with more cycles
+# and ``tol=0``) lets them sharpen, which exact reproduction of piecewise
+# polynomials needs.
 plt.show()

@@ -39,7 +39,7 @@ y = franke(X[:, 0], X[:, 1]) + 0.05 * rng.standard_normal(n_samples)
 pipeline = Pipeline(
     [
         ("scale", StandardScaler()),
-        ("pou", HierarchicalPOURegressor(n_cycles=5, random_state=0)),
+        ("pou", HierarchicalPOURegressor(random_state=0)),
     ]
 )
 partitions = [(2,), (2, 2)] if QUICK else [(2,), (2, 2), (4, 2), (4, 4), (8, 4)]
