@@ -145,22 +145,6 @@ def _add_benchmark_toctree(app, docname, source):
         )
 
 
-# TEMPORARY, remove once skpou/_hpou.py is fixed. A bare "name_" in a
-# docstring is a reStructuredText hyperlink reference ("Unknown target
-# name", an error under -W). The attribute docstrings of powers_, centers_,
-# x_offset_ and y_offset_ still contain such text: these are the exact
-# strings, wrapped in backticks at build time. Each entry is a no-op once
-# its docstring line is fixed.
-_DOCSTRING_FIXES = {
-    "(n_basis, n_features_in_)": "(n_basis, `n_features_in_`)",
-    "(n_nodes, n_features_in_)": "(n_nodes, `n_features_in_`)",
-    "shape (n_features_in_,)": "shape (`n_features_in_`,)",
-    "shape (n_outputs_,)": "shape (`n_outputs_`,)",
-    "(X - x_offset_) / x_scale_": "``(X - x_offset_) / x_scale_``",
-    "(y - y_offset_) / y_scale_": "``(y - y_offset_) / y_scale_``",
-}
-
-
 # Methods inherited from scikit-learn (score, get_params, set_params) keep
 # scikit-learn's docstrings, whose :ref: and :term: roles point into
 # scikit-learn's own documentation: render them as plain text.
@@ -170,11 +154,6 @@ _SKLEARN_ROLE = re.compile(r":(?:ref|term):`([^`<]*?)\s*(?:<[^>]*>)?`")
 def _escape_docstring_pitfalls(app, what, name, obj, options, lines):
     if getattr(obj, "__module__", "").startswith("sklearn"):
         lines[:] = [_SKLEARN_ROLE.sub(r"\1", line) for line in lines]
-    for i, line in enumerate(lines):
-        for bad, good in _DOCSTRING_FIXES.items():
-            if bad in line and good not in line:
-                line = line.replace(bad, good)
-        lines[i] = line
 
 
 def setup(app):

@@ -104,32 +104,40 @@ def local_frames(X, weights, min_scale):
     return centers, scales
 
 
+def block_normal_equations(
+    X, Y, sample_weight, resp, centers, scales, recipe, degree, min_resp
+):
+    """One row block's share of the normal equations (upper triangles)."""
+    n_nodes = resp.shape[1]
+    n_basis = recipe.shape[0]
+    gram = np.zeros((n_nodes, n_basis, n_basis))
+    rhs = np.zeros((n_nodes, n_basis, Y.shape[1]))
+    _kernels.normal_equations(
+        X, Y, sample_weight, resp, centers, scales, recipe, degree, min_resp,
+        gram, rhs,
+    )
+    return gram, rhs
+
+
+def sum_normal_equations(parts):
+    """Add the blocks' shares in block order; mirror the upper triangles."""
+    gram = sum(part[0] for part in parts[1:]) + parts[0][0]
+    rhs = sum(part[1] for part in parts[1:]) + parts[0][1]
+    return np.triu(gram) + np.swapaxes(np.triu(gram, 1), 1, 2), rhs
+
+
 def assemble_normal_equations(
     X, Y, sample_weight, resp, centers, scales, recipe, degree, min_resp, pool
 ):
     """Per-node Gram matrices (K, M, M) and right-hand sides (K, M, T)."""
-    n_nodes = resp.shape[1]
-    n_basis = recipe.shape[0]
-    n_targets = Y.shape[1]
 
     def block(rows):
-        gram = np.zeros((n_nodes, n_basis, n_basis))
-        rhs = np.zeros((n_nodes, n_basis, n_targets))
-        _kernels.normal_equations(
+        return block_normal_equations(
             X[rows], Y[rows], sample_weight[rows], resp[rows], centers, scales,
-            recipe, degree, min_resp, gram, rhs,
+            recipe, degree, min_resp,
         )
-        return gram, rhs
 
-    parts = map_row_blocks(block, X.shape[0], pool)
-    gram = parts[0][0]
-    rhs = parts[0][1]
-    for part_gram, part_rhs in parts[1:]:
-        gram += part_gram
-        rhs += part_rhs
-    upper = np.triu(gram)
-    gram = upper + np.swapaxes(np.triu(gram, 1), 1, 2)
-    return gram, rhs
+    return sum_normal_equations(map_row_blocks(block, X.shape[0], pool))
 
 
 def _solve_batch(gram, rhs):
@@ -173,7 +181,7 @@ def solve_normal_equations(gram, rhs, alpha, n_jobs):
 
 
 def solve_blended_least_squares(
-    X, Y, sample_weight, log_gate, centers, scales, coef, recipe, degree,
+    X, Y, sample_weight, block_log_gates, centers, scales, coef, recipe, degree,
     min_log_gate, alpha, pool,
 ):
     """Joint least squares of all experts against the blended mean, gates frozen.
@@ -184,12 +192,21 @@ def solve_blended_least_squares(
     problem). Only overlapping nodes couple, so the matrix is block-sparse
     and a sparse LU solves it. The ridge term pulls towards the EM
     coefficients ``coef``, so nodes the data barely reach keep them.
+
+    ``block_log_gates(rows)`` gives the log gates of a block of rows: they
+    are computed block by block, so memory does not grow with n_samples
+    times the number of nodes.
     """
-    n_nodes = log_gate.shape[1]
-    n_basis = recipe.shape[0]
-    n_targets = Y.shape[1]
-    overlaps = np.zeros((n_nodes, n_nodes), dtype=np.bool_)
-    _kernels.overlapping_pairs(log_gate, min_log_gate, overlaps)
+    n_nodes, n_basis, n_targets = coef.shape
+
+    def block_overlaps(rows):
+        overlaps = np.zeros((n_nodes, n_nodes), dtype=np.bool_)
+        _kernels.overlapping_pairs(block_log_gates(rows), min_log_gate, overlaps)
+        return overlaps
+
+    overlaps = np.logical_or.reduce(
+        map_row_blocks(block_overlaps, X.shape[0], pool)
+    )
     first, second = np.nonzero(overlaps)
     pair_id = np.full((n_nodes, n_nodes), -1, dtype=np.int64)
     pair_id[first, second] = np.arange(first.size)
@@ -198,8 +215,8 @@ def solve_blended_least_squares(
         blocks = np.zeros((first.size, n_basis, n_basis))
         rhs = np.zeros((n_nodes, n_basis, n_targets))
         _kernels.blended_normal_equations(
-            X[rows], Y[rows], sample_weight[rows], log_gate[rows], centers,
-            scales, recipe, degree, min_log_gate, pair_id, blocks, rhs,
+            X[rows], Y[rows], sample_weight[rows], block_log_gates(rows),
+            centers, scales, recipe, degree, min_log_gate, pair_id, blocks, rhs,
         )
         return blocks, rhs
 

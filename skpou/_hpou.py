@@ -39,10 +39,12 @@ from . import _kernels
 from ._experts import (
     assemble_normal_equations,
     basis_recipe,
+    block_normal_equations,
     local_frames,
     map_row_blocks,
     solve_blended_least_squares,
     solve_normal_equations,
+    sum_normal_equations,
     thread_pool,
     total_degree_powers,
 )
@@ -107,14 +109,16 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         overlapping: smooth blends, the most accurate choice for smooth
         targets. Tiny values (1e-20) let gates sharpen until transition zones
         hold almost no sample, as exact reproduction of piecewise
-        polynomials needs.
+        polynomials needs. For ``gate="mlp"`` it is a plain L2 penalty on
+        the network weights, per unit of sample weight.
 
     sigma : {"shared", "em", "fixed"}, default="shared"
         Expert noise during training. ``"fixed"`` keeps sigma = 1 on the
         standardized targets, as in the paper; ``"shared"`` updates one
         sigma per level and output by EM; ``"em"`` updates one per node, floored
-        at a fraction of the shared one. Whatever the choice, each node's
-        noise is refitted at the end for ``predict(return_std=True)``.
+        at a fraction of the shared one. Whatever the choice, the finest
+        partitions' noise (``noise_var_``) is refitted at the end for
+        ``predict(return_std=True)``.
 
     alpha : float, default=1e-10
         Ridge term added to every expert's normal equations (which are
@@ -183,7 +187,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     partitions_ : tuple of int
         The tree shape that was fitted.
 
-    powers_ : ndarray of shape (n_basis, n_features_in_)
+    powers_ : ndarray of shape (n_basis, `n_features_in_`)
         Multi-indices of the total-degree Legendre basis of every expert.
 
     coef_ : list of ndarray
@@ -191,17 +195,17 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         in each expert's local Legendre basis.
 
     centers_, scales_ : list of ndarray
-        Per level, each expert's local frame, shape (n_nodes, n_features_in_):
-        expert k evaluates its basis at (x_scaled - centers_[k]) / scales_[k].
+        Per level, each expert's local frame, shape (n_nodes, `n_features_in_`):
+        expert k evaluates its basis at ``(x_scaled - centers_[k]) / scales_[k]``.
 
     log_var_ : list of ndarray
         Per level, the log noise variances used by the last EM sweep.
 
-    x_offset_, x_scale_ : ndarray of shape (n_features_in_,)
-        Inputs are scaled as (X - x_offset_) / x_scale_ into [-1, 1].
+    x_offset_, x_scale_ : ndarray of shape (`n_features_in_`,)
+        Inputs are scaled as ``(X - x_offset_) / x_scale_`` into [-1, 1].
 
-    y_offset_, y_scale_ : ndarray of shape (n_outputs_,)
-        Targets are standardized as (y - y_offset_) / y_scale_.
+    y_offset_, y_scale_ : ndarray of shape (`n_outputs_`,)
+        Targets are standardized as ``(y - y_offset_) / y_scale_``.
 
     polished_ : bool
         Whether the finest experts were polished (see ``polish``).
@@ -356,8 +360,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         # Rows in a canonical order: floating-point sums, and so the fit,
         # then do not depend on how the caller ordered the rows.
         order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
+        X_scaled = X[order]  # a copy, scaled in place: one copy of X in all
+        X_scaled -= self.x_offset_
+        X_scaled /= self.x_scale_
         data = _TrainingData(
-            X=self._scale_inputs(X[order]),
+            X=X_scaled,
             Y=(Y[order] / self.y_scale_) - (self.y_offset_ / self.y_scale_),
             sample_weight=sample_weight[order],
         )
@@ -491,10 +498,34 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """One E-step and expert M-step on the full data, finest level.
 
         Only the finest level predicts; coarser experts served training.
+        Streamed block by block (log gates, responsibilities, normal
+        equations), in the experts' local frames from EM, so memory does not
+        grow with n_samples times the number of partitions.
         """
         level = len(self.partitions_)
-        resp, _ = self._e_step(data, level)
-        self._m_step_experts(data, level, resp)
+        centers, scales = self.centers_[level], self.scales_[level]
+
+        def block(rows):
+            log_gate = self._log_gates(data.X[rows], level)
+            resp = np.empty_like(log_gate)
+            _kernels.e_step(
+                data.X[rows], data.Y[rows], log_gate, centers, scales,
+                self.coef_[level], self._recipe, self.degree,
+                self.log_var_[level], MIN_LOG_GATE, resp,
+                np.empty(log_gate.shape[0]),
+            )
+            return block_normal_equations(
+                data.X[rows], data.Y[rows], data.sample_weight[rows], resp,
+                centers, scales, self._recipe, self.degree, MIN_RESPONSIBILITY,
+            )
+
+        gram, rhs = sum_normal_equations(
+            map_row_blocks(block, data.X.shape[0], self._pool)
+        )
+        total = data.sample_weight.sum()
+        self.coef_[level] = solve_normal_equations(
+            gram / total, rhs / total, self.alpha, self.n_jobs
+        )
 
     def _refit_experts_on_frozen_gates(self, data):
         """Warm start: keep the partitions, refit every expert (p-refinement).
@@ -644,7 +675,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """Refit the finest experts jointly against the blended mean (gates frozen)."""
         level = len(self.partitions_)
         self.coef_[level] = solve_blended_least_squares(
-            data.X, data.Y, data.sample_weight, self._log_gates(data.X, level),
+            data.X, data.Y, data.sample_weight,
+            lambda rows: self._log_gates(data.X[rows], level),
             self.centers_[level], self.scales_[level], self.coef_[level],
             self._recipe, self.degree, MIN_LOG_GATE, self.alpha, self._pool,
         )
@@ -658,40 +690,48 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         experts jointly: individually they need not fit.)
         """
         level = len(self.partitions_)
-        n_nodes = self.coef_[level].shape[0]
-        no_noise = np.zeros((n_nodes, self.n_outputs_))
-        mean, _ = self._moments(data.X, level, no_noise, include_spread=False)
-        weighted_gate = data.sample_weight[:, None] * np.exp(
-            self._log_gates(data.X, level)
-        )
-        squared = weighted_gate.T @ (data.Y - mean) ** 2
-        mass = weighted_gate.sum(axis=0)
+        no_noise = np.zeros((self.coef_[level].shape[0], self.n_outputs_))
+
+        def block(rows):
+            log_gate = self._log_gates(data.X[rows], level)
+            mean, _ = self._block_moments(
+                data.X[rows], log_gate, level, no_noise, include_spread=False
+            )
+            weighted_gate = data.sample_weight[rows, None] * np.exp(log_gate)
+            squared = weighted_gate.T @ (data.Y[rows] - mean) ** 2
+            return squared, weighted_gate.sum(axis=0)
+
+        parts = map_row_blocks(block, data.X.shape[0], self._pool)
+        squared = sum(part[0] for part in parts[1:]) + parts[0][0]
+        mass = sum(part[1] for part in parts[1:]) + parts[0][1]
         pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
         own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
         var = np.where(mass[:, None] > 0, own, pooled)
         self.noise_var_ = np.maximum(var, MIN_NOISE_VAR)
         self.polished_ = bool(self.polish)
 
-    def _moments(self, X, level, var, include_spread, pool=None):
-        """Mixture mean and variance at a level, given each node's noise variance.
-
-        ``pool``: the thread pool to use; the fit's own by default.
-        """
-        if pool is None:
-            pool = getattr(self, "_pool", None)
-        log_gate = self._log_gates(X, level)
+    def _block_moments(self, X, log_gate, level, var, include_spread):
+        """Mixture mean and variance of a block of rows with known log gates."""
         mean = np.empty((X.shape[0], self.n_outputs_))
         variance = np.empty_like(mean)
+        _kernels.mixture_moments(
+            X, log_gate, self.centers_[level], self.scales_[level],
+            self.coef_[level], self._recipe, self.degree, var, MIN_LOG_GATE,
+            include_spread, mean, variance,
+        )
+        return mean, variance
+
+    def _moments(self, X, level, var, include_spread, pool):
+        """Mixture mean and variance at a level, streamed over row blocks."""
 
         def block(rows):
-            _kernels.mixture_moments(
-                X[rows], log_gate[rows], self.centers_[level], self.scales_[level],
-                self.coef_[level], self._recipe, self.degree, var, MIN_LOG_GATE,
-                include_spread, mean[rows], variance[rows],
+            return self._block_moments(
+                X[rows], self._log_gates(X[rows], level), level, var,
+                include_spread,
             )
 
-        map_row_blocks(block, X.shape[0], pool)
-        return mean, variance
+        parts = map_row_blocks(block, X.shape[0], pool)
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
     # --------------------------------------------------------------- predict
 
@@ -706,7 +746,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         return_std : bool, default=False
             Also return the predictive standard deviation of the mixture,
             sqrt(sum_k pi_k (sigma_k^2 + (mu_k - mean)^2)), with sigma_k^2
-            each partition's residual variance. After the polish (the
+            the gate-weighted variance of the prediction's residuals in
+            partition k. After the polish (the
             default) the experts are fitted jointly rather than as rival
             explanations, and the spread term is left out.
 
