@@ -11,6 +11,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from skpou import HierarchicalPOURegressor
+from skpou._experts import basis_recipe
 
 from . import problems as P
 from ._common import ROOT, fmt_bytes, fmt_err, fmt_n, fmt_time, rel_l2, save_figure, timed
@@ -350,6 +351,7 @@ def kernel_throughput(n, repeats):
             rows_n = n if sparse else max(n // 8, 2000)  # dense = K x the work
             X, Y, sw, resp, centers, scales, powers = _kernel_case(rows_n, d, degree, K, sparse)
             M, T = powers.shape[0], Y.shape[1]
+            recipe = basis_recipe(powers)
             active = resp > min_resp
             pairs = int(active.sum())
             flops = pairs * (M * M + M * T)
@@ -357,7 +359,7 @@ def kernel_throughput(n, repeats):
             def run_kernel():
                 gram = np.zeros((K, M, M))
                 rhs = np.zeros((K, M, T))
-                _kernels.normal_equations(X, Y, sw, resp, centers, scales, powers,
+                _kernels.normal_equations(X, Y, sw, resp, centers, scales, recipe,
                                           degree, min_resp, gram, rhs)
                 return gram, rhs
 
