@@ -228,7 +228,6 @@ def run(report, quick, repeats, out_dir):
     )
 
     # ------------------------------------------------ 5. I-V curves, log target
-    iv_rows = []
     for label, func, d, n in (("diode I(V), Shockley + R_s (Lambert W)", P.diode_iv, 1, cfg["n_1d"]),
                               ("MOSFET I_D(V_GS, V_DS), EKV", P.mosfet_iv, 2, cfg["n_2d"])):
         prob = P.Problem(label, d, func, (0.0,) * d, (1.0,) * d)

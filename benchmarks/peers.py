@@ -33,7 +33,6 @@ from ._common import (
     fmt_n,
     fmt_time,
     fmt_wall_cpu,
-    hpou_supports,
     rel_l2,
     save_figure,
     timed,

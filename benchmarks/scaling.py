@@ -57,7 +57,8 @@ def run(report, quick, repeats, out_dir):
     cfg = SETTINGS[quick]
     cap = ("Quick mode: every fit here is capped at 3 V-cycles (n_cycles=3, "
            "tol=0), so the sizes do equal work; the full run uses defaults. "
-           if quick else "Defaults (n_cycles=30, tol=1e-4). ")
+           if quick else "Defaults (n_cycles={n_cycles}, tol={tol:g}). ".format(
+               **HierarchicalPOURegressor().get_params()))
 
     # ------------------------------------------------------------ 1. n sweep
     rows, by_n = [], {}
