@@ -1,17 +1,8 @@
 """Hand-written baselines that scikit-learn does not provide."""
 
-from itertools import combinations_with_replacement
-
 import numpy as np
 
-
-def total_degree_powers(n_features, degree):
-    """Multi-indices of all monomials of total degree <= degree, shape (M, d)."""
-    powers = [np.zeros(n_features, dtype=np.int64)]
-    for total in range(1, degree + 1):
-        for combo in combinations_with_replacement(range(n_features), total):
-            powers.append(np.bincount(combo, minlength=n_features))
-    return np.array(powers, dtype=np.int64).reshape(-1, n_features)
+from skpou._experts import total_degree_powers
 
 
 class PiecewisePolynomialGrid:

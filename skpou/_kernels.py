@@ -364,23 +364,30 @@ def softmax_gate_objective(
 
 
 @njit(cache=True, nogil=True)
-def overlapping_pairs(log_gate, min_log_gate, overlaps):
-    """Mark overlaps[k, k'] (k <= k') where both nodes carry gate on a row.
+def _active_nodes(log_gate_row, min_log_gate, active):
+    """Write into ``active`` the nodes that carry gate on a row; return how many.
 
-    A node carries gate on a row when it is not skipped in predictions
-    (within exp(min_log_gate) of the row's largest gate).
+    A node carries gate when it is not skipped in predictions: within
+    exp(min_log_gate) of the row's largest gate.
     """
+    gate_max = -np.inf
+    for k in range(log_gate_row.shape[0]):
+        gate_max = max(gate_max, log_gate_row[k])
+    n_active = 0
+    for k in range(log_gate_row.shape[0]):
+        if log_gate_row[k] >= gate_max + min_log_gate:
+            active[n_active] = k
+            n_active += 1
+    return n_active
+
+
+@njit(cache=True, nogil=True)
+def overlapping_pairs(log_gate, min_log_gate, overlaps):
+    """Mark overlaps[k, k'] (k <= k') where both nodes carry gate on a row."""
     n_samples, n_nodes = log_gate.shape
     active = np.empty(n_nodes, dtype=np.int64)
     for d in range(n_samples):
-        gate_max = -np.inf
-        for k in range(n_nodes):
-            gate_max = max(gate_max, log_gate[d, k])
-        n_active = 0
-        for k in range(n_nodes):
-            if log_gate[d, k] >= gate_max + min_log_gate:
-                active[n_active] = k
-                n_active += 1
+        n_active = _active_nodes(log_gate[d], min_log_gate, active)
         for a in range(n_active):
             for b in range(a, n_active):
                 overlaps[active[a], active[b]] = True
@@ -408,18 +415,13 @@ def blended_normal_equations(
         s = sample_weight[d]
         if s == 0.0:
             continue
-        gate_max = -np.inf
-        for k in range(n_nodes):
-            gate_max = max(gate_max, log_gate[d, k])
-        n_active = 0
-        for k in range(n_nodes):
-            if log_gate[d, k] >= gate_max + min_log_gate:
-                local_basis(X[d], centers[k], scales[k], recipe, legendre, phi[n_active])
-                gate = math.sqrt(s) * math.exp(log_gate[d, k])
-                for m in range(n_basis):
-                    phi[n_active, m] *= gate
-                active[n_active] = k
-                n_active += 1
+        n_active = _active_nodes(log_gate[d], min_log_gate, active)
+        for a in range(n_active):
+            k = active[a]
+            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi[a])
+            gate = math.sqrt(s) * math.exp(log_gate[d, k])
+            for m in range(n_basis):
+                phi[a, m] *= gate
         root_s = math.sqrt(s)
         for a in range(n_active):
             k = active[a]
