@@ -86,6 +86,24 @@ def map_row_blocks(function, n_samples, pool):
     return list(pool.map(function, blocks))
 
 
+def sum_row_blocks(function, n_samples, pool):
+    """Sum, in block order, the tuples of arrays function(rows) returns.
+
+    Results are added as they arrive rather than collected first: with
+    millions of rows there are thousands of blocks, and their per-block
+    partial sums (each node's Gram matrices, say) would otherwise pile up.
+    """
+    blocks = row_blocks(n_samples)
+    parts = (
+        map(function, blocks) if pool is None else pool.map(function, blocks)
+    )
+    total = list(next(parts))
+    for part in parts:
+        for accumulated, value in zip(total, part):
+            accumulated += value
+    return tuple(total)
+
+
 def local_frames(X, weights, min_scale):
     """Centre and half-width of each node's weighted data, per feature.
 
@@ -119,11 +137,9 @@ def block_normal_equations(
     return gram, rhs
 
 
-def sum_normal_equations(parts):
-    """Add the blocks' shares in block order; mirror the upper triangles."""
-    gram = sum(part[0] for part in parts[1:]) + parts[0][0]
-    rhs = sum(part[1] for part in parts[1:]) + parts[0][1]
-    return np.triu(gram) + np.swapaxes(np.triu(gram, 1), 1, 2), rhs
+def mirror_upper(gram):
+    """Symmetric matrices from their upper triangles (kernels write only those)."""
+    return np.triu(gram) + np.swapaxes(np.triu(gram, 1), 1, 2)
 
 
 def assemble_normal_equations(
@@ -137,7 +153,8 @@ def assemble_normal_equations(
             recipe, degree, min_resp,
         )
 
-    return sum_normal_equations(map_row_blocks(block, X.shape[0], pool))
+    gram, rhs = sum_row_blocks(block, X.shape[0], pool)
+    return mirror_upper(gram), rhs
 
 
 def _solve_batch(gram, rhs):
@@ -204,9 +221,9 @@ def solve_blended_least_squares(
         _kernels.overlapping_pairs(block_log_gates(rows), min_log_gate, overlaps)
         return overlaps
 
-    overlaps = np.logical_or.reduce(
-        map_row_blocks(block_overlaps, X.shape[0], pool)
-    )
+    (overlaps,) = sum_row_blocks(
+        lambda rows: (block_overlaps(rows),), X.shape[0], pool
+    )  # booleans: the sum is a logical or
     first, second = np.nonzero(overlaps)
     pair_id = np.full((n_nodes, n_nodes), -1, dtype=np.int64)
     pair_id[first, second] = np.arange(first.size)
@@ -220,11 +237,7 @@ def solve_blended_least_squares(
         )
         return blocks, rhs
 
-    parts = map_row_blocks(block, X.shape[0], pool)
-    blocks, rhs = parts[0]
-    for part_blocks, part_rhs in parts[1:]:
-        blocks += part_blocks
-        rhs += part_rhs
+    blocks, rhs = sum_row_blocks(block, X.shape[0], pool)
     total = sample_weight.sum()
     blocks /= total
     rhs = rhs / total + alpha * coef

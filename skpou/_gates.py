@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from . import _kernels
-from ._experts import local_frames, map_row_blocks
+from ._experts import local_frames, mirror_upper, sum_row_blocks
 
 # Parent weight below which a sample does not enter that parent's gate fit.
 MIN_PARENT_WEIGHT = 1e-10
@@ -172,11 +172,8 @@ class SoftmaxGate:
             )
             return grad, curvature
 
-        parts = map_row_blocks(block, G.shape[0], pool)
-        grad = sum(part[0] for part in parts[1:]) + parts[0][0]
-        curvature = sum(part[1] for part in parts[1:]) + parts[0][1]
-        upper = np.triu(curvature)
-        return grad, upper + np.swapaxes(np.triu(curvature, 1), 1, 2)
+        grad, curvature = sum_row_blocks(block, G.shape[0], pool)
+        return grad, mirror_upper(curvature)
 
     @staticmethod
     def _line_search(

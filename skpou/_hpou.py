@@ -42,9 +42,10 @@ from ._experts import (
     block_normal_equations,
     local_frames,
     map_row_blocks,
+    mirror_upper,
     solve_blended_least_squares,
     solve_normal_equations,
-    sum_normal_equations,
+    sum_row_blocks,
     thread_pool,
     total_degree_powers,
 )
@@ -519,9 +520,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 centers, scales, self._recipe, self.degree, MIN_RESPONSIBILITY,
             )
 
-        gram, rhs = sum_normal_equations(
-            map_row_blocks(block, data.X.shape[0], self._pool)
-        )
+        gram, rhs = sum_row_blocks(block, data.X.shape[0], self._pool)
+        gram = mirror_upper(gram)
         total = data.sample_weight.sum()
         self.coef_[level] = solve_normal_equations(
             gram / total, rhs / total, self.alpha, self.n_jobs
@@ -641,12 +641,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 self.centers_[level], self.scales_[level], self.coef_[level],
                 self._recipe, self.degree, MIN_RESPONSIBILITY, out,
             )
-            return out
+            return (out,)
 
-        parts = map_row_blocks(block, data.X.shape[0], self._pool)
-        squared = parts[0]
-        for part in parts[1:]:
-            squared += part
+        (squared,) = sum_row_blocks(block, data.X.shape[0], self._pool)
         return squared, data.sample_weight @ resp
 
     def _m_step_noise(self, data, level, resp):
@@ -701,9 +698,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             squared = weighted_gate.T @ (data.Y[rows] - mean) ** 2
             return squared, weighted_gate.sum(axis=0)
 
-        parts = map_row_blocks(block, data.X.shape[0], self._pool)
-        squared = sum(part[0] for part in parts[1:]) + parts[0][0]
-        mass = sum(part[1] for part in parts[1:]) + parts[0][1]
+        squared, mass = sum_row_blocks(block, data.X.shape[0], self._pool)
         pooled = np.maximum(squared.sum(axis=0) / mass.sum(), MIN_NOISE_VAR)
         own = squared / np.maximum(mass, np.finfo(float).tiny)[:, None]
         var = np.where(mass[:, None] > 0, own, pooled)
