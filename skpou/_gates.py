@@ -78,9 +78,6 @@ class SoftmaxGate:
         n_gate_features = self.features(np.zeros((1, n_features))).shape[1]
         return np.zeros((n_parents * n_children, n_gate_features))
 
-    def logits(self, X, theta):
-        return self.features(X) @ theta.T
-
     def child_log_gates(self, X, theta, parent_log_gate, n_children, pruned, cutoff):
         """log pi of every child: parent's log gate plus sibling log-softmax."""
         out = np.empty((X.shape[0], theta.shape[0]))
