@@ -238,6 +238,8 @@ def solve_blended_least_squares(
         return blocks, rhs
 
     blocks, rhs = sum_row_blocks(block, X.shape[0], pool)
+    diagonal = first == second
+    blocks[diagonal] = mirror_upper(blocks[diagonal])  # kernel wrote upper halves
     total = sample_weight.sum()
     blocks /= total
     rhs = rhs / total + alpha * coef
@@ -245,7 +247,7 @@ def solve_blended_least_squares(
     offsets = np.arange(n_basis)
     rows = (first[:, None, None] * n_basis + offsets[None, :, None]).repeat(n_basis, 2)
     cols = (second[:, None, None] * n_basis + offsets[None, None, :]).repeat(n_basis, 1)
-    off_diagonal = first != second
+    off_diagonal = ~diagonal
     size = n_nodes * n_basis
     matrix = sparse.coo_array(
         (

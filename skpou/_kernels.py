@@ -14,10 +14,17 @@ Shapes used throughout (one level of the partition tree, K nodes):
 - ``log_gate`` (n_samples, K): log gate probabilities (rows sum to one).
 - ``resp``     (n_samples, K): EM responsibilities.
 
-All kernels are compiled with ``nogil=True`` so joblib threads can run them on
+All kernels are compiled with ``nogil=True`` so threads can run them on
 blocks of rows at the same time; none of them uses Numba's own parallelism.
-Each kernel treats rows independently, so results do not depend on how the
-rows are blocked.
+
+The expert kernels work node by node: they first list, for a chunk of rows,
+the rows each node is active on (responsibility or gate above a threshold),
+then evaluate that node's basis on those rows at once, as the columns of a
+(n_basis, rows) matrix. The loops then run along contiguous rows, so LLVM
+vectorizes both the basis evaluation and the Gram products (whose sums may
+be reassociated: ``fastmath`` with "reassoc" and "contract" only). Results
+depend on how the caller blocks the rows only through the order of sums,
+and the caller's blocks are fixed (``_experts.ROWS_PER_BLOCK``).
 """
 
 import math
@@ -28,41 +35,126 @@ from numba import njit
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-@njit(cache=True, nogil=True)
-def local_basis(x, center, scale, recipe, legendre, out):
-    """Orthonormal Legendre products of total degree <= degree at one point.
+_COLUMNS = 256  # rows whose basis is evaluated at once: a (n_basis, 256) block
+_CHUNK_ENTRIES = 1 << 20  # bound on a chunk's (node, row) lists, per thread
+_REASSOC = {"reassoc", "contract"}  # lets LLVM vectorize the row sums
 
-    ``legendre`` is scratch space of shape (n_features, degree + 1). Basis
-    function m is built from an earlier one: out[m] = out[recipe[m, 0]] *
-    P_{recipe[m, 2]}(z_{recipe[m, 1]}) (see ``_experts.basis_recipe``), one
-    multiplication each instead of a product over all features.
+
+@njit(cache=True, nogil=True)
+def _chunk_rows(n_nodes):
+    """Rows per chunk so that per-node row lists stay within _CHUNK_ENTRIES."""
+    return max(_COLUMNS, min(4096, _CHUNK_ENTRIES // max(n_nodes, 1)))
+
+
+@njit(cache=True, nogil=True)
+def _rows_with_weight(resp, sample_weight, start, stop, min_resp, count, rows):
+    """List, per node, the rows of start:stop with resp > min_resp and weight.
+
+    Fills rows[k, :count[k]] in increasing row order.
     """
-    n_features, n_degree = legendre.shape
-    for i in range(n_features):
-        z = (x[i] - center[i]) / scale[i]
-        legendre[i, 0] = 1.0
-        if n_degree > 1:
-            legendre[i, 1] = z
-        for j in range(1, n_degree - 1):
-            legendre[i, j + 1] = (
-                (2 * j + 1) * z * legendre[i, j] - j * legendre[i, j - 1]
-            ) / (j + 1)
-    for j in range(1, n_degree):
-        norm = math.sqrt(2 * j + 1)
-        for i in range(n_features):
-            legendre[i, j] *= norm
-    out[0] = 1.0
-    for m in range(1, recipe.shape[0]):
-        out[m] = out[recipe[m, 0]] * legendre[recipe[m, 1], recipe[m, 2]]
+    count[:] = 0
+    for d in range(start, stop):
+        if sample_weight[d] == 0.0:
+            continue
+        for k in range(resp.shape[1]):
+            if resp[d, k] > min_resp:
+                rows[k, count[k]] = d
+                count[k] += 1
 
 
 @njit(cache=True, nogil=True)
-def _expert_mean(phi, coef_k, mu):
-    for t in range(mu.shape[0]):
-        acc = 0.0
-        for m in range(phi.shape[0]):
-            acc += phi[m] * coef_k[m, t]
-        mu[t] = acc
+def _rows_carrying_gate(log_gate, start, stop, min_log_gate, count, rows):
+    """List, per node, the rows of start:stop where the node carries gate.
+
+    A node carries gate on a row when its gate is within exp(min_log_gate) of
+    the row's largest: the others are skipped, which is what makes the cost
+    follow the partitions a sample belongs to, not their number.
+    """
+    count[:] = 0
+    for d in range(start, stop):
+        gate_max = -np.inf
+        for k in range(log_gate.shape[1]):
+            gate_max = max(gate_max, log_gate[d, k])
+        for k in range(log_gate.shape[1]):
+            if log_gate[d, k] >= gate_max + min_log_gate:
+                rows[k, count[k]] = d
+                count[k] += 1
+
+
+@njit(cache=True, nogil=True)
+def basis_columns(X, rows, center, scale, recipe, degree, weight, local, Z):
+    """Z[m, a] = weight[a] * phi_m((X[rows[a]] - center) / scale), a < len(rows).
+
+    phi_m are products of orthonormal Legendre polynomials of total degree
+    <= degree. Basis m is built from an earlier one: phi_m = phi_{recipe[m, 0]}
+    * P_{recipe[m, 2]}(z_{recipe[m, 1]}) (see ``_experts.basis_recipe``), one
+    multiplication per row. Starting from phi_0 = weight carries the weight
+    into every column for free. ``local`` is scratch space of shape
+    (n_features, degree + 1, >= len(rows)).
+    """
+    n = rows.shape[0]
+    for i in range(X.shape[1]):
+        shift = center[i]
+        inverse = 1.0 / scale[i]
+        for a in range(n):
+            local[i, 0, a] = (X[rows[a], i] - shift) * inverse
+        # Orthonormal three-term recurrence; local[i, 0] holds z until the
+        # end, since P_0 = 1 is never needed as a factor (the prefix is).
+        if degree >= 1:
+            for a in range(n):
+                local[i, 1, a] = math.sqrt(3.0) * local[i, 0, a]
+        if degree >= 2:
+            for a in range(n):
+                local[i, 2, a] = math.sqrt(5.0) * (
+                    1.5 * local[i, 0, a] * local[i, 0, a] - 0.5
+                )
+        for j in range(2, degree):
+            up = math.sqrt((2.0 * j + 3.0) * (2.0 * j + 1.0)) / (j + 1.0)
+            down = j * math.sqrt((2.0 * j + 3.0) / (2.0 * j - 1.0)) / (j + 1.0)
+            for a in range(n):
+                local[i, j + 1, a] = (
+                    up * local[i, 0, a] * local[i, j, a] - down * local[i, j - 1, a]
+                )
+    for a in range(n):
+        Z[0, a] = weight[a]
+    for m in range(1, recipe.shape[0]):
+        prefix, feature, power = recipe[m, 0], recipe[m, 1], recipe[m, 2]
+        for a in range(n):
+            Z[m, a] = Z[prefix, a] * local[feature, power, a]
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOC)
+def _add_gram_upper(Z, n, gram):
+    """gram[i, j] += sum_a Z[i, a] Z[j, a] for j >= i, a < n."""
+    for i in range(Z.shape[0]):
+        for j in range(i, Z.shape[0]):
+            acc = 0.0
+            for a in range(n):
+                acc += Z[i, a] * Z[j, a]
+            gram[i, j] += acc
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOC)
+def _add_cross(Z, V, n, out):
+    """out[i, j] += sum_a Z[i, a] V[j, a], a < n."""
+    for i in range(Z.shape[0]):
+        for j in range(V.shape[0]):
+            acc = 0.0
+            for a in range(n):
+                acc += Z[i, a] * V[j, a]
+            out[i, j] += acc
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOC)
+def _expert_means(Z, n, coef_k, mu):
+    """mu[t, a] = sum_m coef_k[m, t] Z[m, a], a < n."""
+    for t in range(coef_k.shape[1]):
+        for a in range(n):
+            mu[t, a] = 0.0
+        for m in range(Z.shape[0]):
+            c = coef_k[m, t]
+            for a in range(n):
+                mu[t, a] += c * Z[m, a]
 
 
 @njit(cache=True, nogil=True)
@@ -72,47 +164,51 @@ def e_step(
 ):
     """Responsibilities and per-sample log-likelihood of the mixture.
 
-    Nodes whose gate is below exp(min_log_gate) times the largest gate of the
-    row are skipped: their responsibility is set to zero. This is what makes
-    the cost follow the partitions a sample belongs to, not their number.
+    Nodes that do not carry gate on a row (see ``_rows_carrying_gate``) get
+    responsibility zero there without their expert being evaluated.
     """
     n_samples, n_nodes = log_gate.shape
     n_targets = Y.shape[1]
-    phi = np.empty(recipe.shape[0])
-    legendre = np.empty((X.shape[1], degree + 1))
-    mu = np.empty(n_targets)
-    log_joint = np.empty(n_nodes)
+    chunk = _chunk_rows(n_nodes)
+    count = np.empty(n_nodes, dtype=np.int64)
+    rows = np.empty((n_nodes, chunk), dtype=np.int64)
+    Z = np.empty((recipe.shape[0], _COLUMNS))
+    local = np.empty((X.shape[1], degree + 1, _COLUMNS))
+    ones = np.ones(_COLUMNS)
+    mu = np.empty((n_targets, _COLUMNS))
     inv_var = np.exp(-log_var)
     log_norm = np.empty(n_nodes)
     for k in range(n_nodes):
         log_norm[k] = -0.5 * (log_var[k].sum() + n_targets * LOG_2PI)
-    for d in range(n_samples):
-        gate_max = -np.inf
+    for start in range(0, n_samples, chunk):
+        stop = min(start + chunk, n_samples)
+        _rows_carrying_gate(log_gate, start, stop, min_log_gate, count, rows)
+        resp[start:stop] = -np.inf  # log joint density until normalized below
         for k in range(n_nodes):
-            gate_max = max(gate_max, log_gate[d, k])
-        joint_max = -np.inf
-        for k in range(n_nodes):
-            if log_gate[d, k] < gate_max + min_log_gate:
-                log_joint[k] = -np.inf
-                continue
-            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
-            _expert_mean(phi, coef[k], mu)
-            value = log_gate[d, k] + log_norm[k]
-            for t in range(n_targets):
-                residual = Y[d, t] - mu[t]
-                value -= 0.5 * residual * residual * inv_var[k, t]
-            log_joint[k] = value
-            joint_max = max(joint_max, value)
-        total = 0.0
-        for k in range(n_nodes):
-            if log_joint[k] > -np.inf:
-                total += math.exp(log_joint[k] - joint_max)
-        log_lik[d] = joint_max + math.log(total)
-        for k in range(n_nodes):
-            if log_joint[k] > -np.inf:
-                resp[d, k] = math.exp(log_joint[k] - log_lik[d])
-            else:
-                resp[d, k] = 0.0
+            for lo in range(0, count[k], _COLUMNS):
+                block = rows[k, lo:min(lo + _COLUMNS, count[k])]
+                n = block.shape[0]
+                basis_columns(
+                    X, block, centers[k], scales[k], recipe, degree, ones, local, Z
+                )
+                _expert_means(Z, n, coef[k], mu)
+                for a in range(n):
+                    d = block[a]
+                    value = log_gate[d, k] + log_norm[k]
+                    for t in range(n_targets):
+                        residual = Y[d, t] - mu[t, a]
+                        value -= 0.5 * residual * residual * inv_var[k, t]
+                    resp[d, k] = value
+        for d in range(start, stop):
+            joint_max = -np.inf
+            for k in range(n_nodes):
+                joint_max = max(joint_max, resp[d, k])
+            total = 0.0
+            for k in range(n_nodes):
+                total += math.exp(resp[d, k] - joint_max)
+            log_lik[d] = joint_max + math.log(total)
+            for k in range(n_nodes):
+                resp[d, k] = math.exp(resp[d, k] - log_lik[d])
 
 
 @njit(cache=True, nogil=True)
@@ -128,35 +224,38 @@ def mixture_moments(
     """
     n_samples, n_nodes = log_gate.shape
     n_targets = coef.shape[2]
-    phi = np.empty(recipe.shape[0])
-    legendre = np.empty((X.shape[1], degree + 1))
-    mu = np.empty((n_nodes, n_targets))
-    gate = np.empty(n_nodes)
-    for d in range(n_samples):
-        gate_max = -np.inf
+    chunk = _chunk_rows(n_nodes)
+    count = np.empty(n_nodes, dtype=np.int64)
+    rows = np.empty((n_nodes, chunk), dtype=np.int64)
+    means = np.empty((n_nodes, n_targets, chunk))  # each expert on its rows
+    Z = np.empty((recipe.shape[0], _COLUMNS))
+    local = np.empty((X.shape[1], degree + 1, _COLUMNS))
+    ones = np.ones(_COLUMNS)
+    for start in range(0, n_samples, chunk):
+        stop = min(start + chunk, n_samples)
+        _rows_carrying_gate(log_gate, start, stop, min_log_gate, count, rows)
+        mean[start:stop] = 0.0
+        variance[start:stop] = 0.0
         for k in range(n_nodes):
-            gate_max = max(gate_max, log_gate[d, k])
-        for t in range(n_targets):
-            mean[d, t] = 0.0
-            variance[d, t] = 0.0
+            for lo in range(0, count[k], _COLUMNS):
+                block = rows[k, lo:min(lo + _COLUMNS, count[k])]
+                n = block.shape[0]
+                basis_columns(
+                    X, block, centers[k], scales[k], recipe, degree, ones, local, Z
+                )
+                mu = means[k, :, lo:lo + n]
+                _expert_means(Z, n, coef[k], mu)
+                for a in range(n):
+                    gate = math.exp(log_gate[block[a], k])
+                    for t in range(n_targets):
+                        mean[block[a], t] += gate * mu[t, a]
         for k in range(n_nodes):
-            if log_gate[d, k] < gate_max + min_log_gate:
-                gate[k] = 0.0
-                continue
-            gate[k] = math.exp(log_gate[d, k])
-            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
-            _expert_mean(phi, coef[k], mu[k])
-            for t in range(n_targets):
-                mean[d, t] += gate[k] * mu[k, t]
-        for k in range(n_nodes):
-            if gate[k] == 0.0:
-                continue
-            for t in range(n_targets):
-                spread = mu[k, t] - mean[d, t] if include_spread else 0.0
-                variance[d, t] += gate[k] * (var[k, t] + spread * spread)
-
-
-_SUB_BLOCK = 256  # rows gathered at once: keeps the gathered basis in L1/L2
+            for a in range(count[k]):
+                d = rows[k, a]
+                gate = math.exp(log_gate[d, k])
+                for t in range(n_targets):
+                    spread = means[k, t, a] - mean[d, t] if include_spread else 0.0
+                    variance[d, t] += gate * (var[k, t] + spread * spread)
 
 
 @njit(cache=True, nogil=True)
@@ -167,46 +266,157 @@ def normal_equations(
     """Add sum_d w_kd phi_k(x_d) phi_k(x_d)^T and sum_d w_kd phi_k(x_d) y_d.
 
     w_kd = sample_weight[d] * resp[d, k]. Rows with resp[d, k] <= min_resp are
-    skipped. For each node the active rows of a sub-block are gathered,
-    scaled by sqrt(w), into a contiguous (n_basis, rows) buffer, so the Gram
-    update is a set of contiguous dot products that LLVM vectorizes. Only the
-    upper triangle of ``gram`` is written; the caller mirrors it.
+    skipped. Each node's active rows become the columns of sqrt(w) Phi_k,
+    whose Gram products run along contiguous rows. Only the upper triangle
+    of ``gram`` is written; the caller mirrors it.
     """
     n_samples, n_nodes = resp.shape
+    n_targets = Y.shape[1]
+    chunk = _chunk_rows(n_nodes)
+    count = np.empty(n_nodes, dtype=np.int64)
+    rows = np.empty((n_nodes, chunk), dtype=np.int64)
+    root_w = np.empty(_COLUMNS)
+    Z = np.empty((recipe.shape[0], _COLUMNS))
+    V = np.empty((n_targets, _COLUMNS))
+    local = np.empty((X.shape[1], degree + 1, _COLUMNS))
+    for start in range(0, n_samples, chunk):
+        stop = min(start + chunk, n_samples)
+        _rows_with_weight(resp, sample_weight, start, stop, min_resp, count, rows)
+        for k in range(n_nodes):
+            for lo in range(0, count[k], _COLUMNS):
+                block = rows[k, lo:min(lo + _COLUMNS, count[k])]
+                n = block.shape[0]
+                for a in range(n):
+                    root_w[a] = math.sqrt(resp[block[a], k] * sample_weight[block[a]])
+                    for t in range(n_targets):
+                        V[t, a] = root_w[a] * Y[block[a], t]
+                basis_columns(
+                    X, block, centers[k], scales[k], recipe, degree, root_w, local, Z
+                )
+                _add_gram_upper(Z, n, gram[k])
+                _add_cross(Z, V, n, rhs[k])
+
+
+@njit(cache=True, nogil=True)
+def weighted_squared_residuals(
+    X, Y, sample_weight, resp, centers, scales, coef, recipe, degree, min_resp,
+    out,
+):
+    """Add sum_d w_kd (y_d - mu_k(x_d))^2 to ``out`` (K, n_targets).
+
+    Computed from residuals, not from the normal equations, so that it stays
+    accurate when experts fit to 1e-8: expanding the square would cancel.
+    """
+    n_samples, n_nodes = resp.shape
+    n_targets = Y.shape[1]
+    chunk = _chunk_rows(n_nodes)
+    count = np.empty(n_nodes, dtype=np.int64)
+    rows = np.empty((n_nodes, chunk), dtype=np.int64)
+    Z = np.empty((recipe.shape[0], _COLUMNS))
+    local = np.empty((X.shape[1], degree + 1, _COLUMNS))
+    ones = np.ones(_COLUMNS)
+    mu = np.empty((n_targets, _COLUMNS))
+    for start in range(0, n_samples, chunk):
+        stop = min(start + chunk, n_samples)
+        _rows_with_weight(resp, sample_weight, start, stop, min_resp, count, rows)
+        for k in range(n_nodes):
+            for lo in range(0, count[k], _COLUMNS):
+                block = rows[k, lo:min(lo + _COLUMNS, count[k])]
+                n = block.shape[0]
+                basis_columns(
+                    X, block, centers[k], scales[k], recipe, degree, ones, local, Z
+                )
+                _expert_means(Z, n, coef[k], mu)
+                for a in range(n):
+                    d = block[a]
+                    w = resp[d, k] * sample_weight[d]
+                    for t in range(n_targets):
+                        residual = Y[d, t] - mu[t, a]
+                        out[k, t] += w * residual * residual
+
+
+@njit(cache=True, nogil=True)
+def blended_normal_equations(
+    X, Y, sample_weight, log_gate, centers, scales, recipe, degree,
+    min_log_gate, pair_id, blocks, rhs,
+):
+    """Normal equations of the deterministic POU network with frozen gates.
+
+    The mean sum_k pi_k(x) phi_k(x) . c_k is linear in all coefficients at
+    once; its least-squares matrix couples nodes k, k' whose gates overlap:
+    block (k, k') = sum_d s_d pi_k pi_k' phi_k phi_k'^T, stored in
+    blocks[pair_id[k, k']] for k <= k' (diagonal blocks: upper triangle
+    only, the caller mirrors them). rhs[k] = sum_d s_d pi_k phi_k y_d.
+
+    Per chunk of rows, each node's weighted basis sqrt(s) pi_k phi_k is
+    evaluated once and kept row by row; each overlapping pair then gathers
+    the rows both nodes carry gate on (both row lists are increasing, so a
+    merge finds them) into column blocks and multiplies those.
+    """
+    n_samples, n_nodes = log_gate.shape
     n_basis = recipe.shape[0]
     n_targets = Y.shape[1]
-    phi = np.empty(n_basis)
-    legendre = np.empty((X.shape[1], degree + 1))
-    Z = np.empty((n_basis, _SUB_BLOCK))
-    V = np.empty((n_targets, _SUB_BLOCK))
-    for start in range(0, n_samples, _SUB_BLOCK):
-        stop = min(start + _SUB_BLOCK, n_samples)
+    chunk = _chunk_rows(n_nodes)
+    count = np.empty(n_nodes, dtype=np.int64)
+    offset = np.empty(n_nodes + 1, dtype=np.int64)
+    rows = np.empty((n_nodes, chunk), dtype=np.int64)
+    kept = np.empty((4 * chunk, n_basis))  # (row, node) pairs of the chunk
+    weight = np.empty(_COLUMNS)
+    V = np.empty((n_targets, _COLUMNS))
+    Z = np.empty((n_basis, _COLUMNS))
+    local = np.empty((X.shape[1], degree + 1, _COLUMNS))
+    first = np.empty((n_basis, _COLUMNS))
+    second = np.empty((n_basis, _COLUMNS))
+    for start in range(0, n_samples, chunk):
+        stop = min(start + chunk, n_samples)
+        _rows_carrying_gate(log_gate, start, stop, min_log_gate, count, rows)
+        offset[0] = 0
         for k in range(n_nodes):
-            n_active = 0
-            for d in range(start, stop):
-                r = resp[d, k]
-                if r <= min_resp or sample_weight[d] == 0.0:
+            offset[k + 1] = offset[k] + count[k]
+        if offset[n_nodes] > kept.shape[0]:
+            kept = np.empty((offset[n_nodes], n_basis))
+        for k in range(n_nodes):
+            for lo in range(0, count[k], _COLUMNS):
+                block = rows[k, lo:min(lo + _COLUMNS, count[k])]
+                n = block.shape[0]
+                for a in range(n):
+                    root_s = math.sqrt(sample_weight[block[a]])
+                    weight[a] = root_s * math.exp(log_gate[block[a], k])
+                    for t in range(n_targets):
+                        V[t, a] = root_s * Y[block[a], t]
+                basis_columns(
+                    X, block, centers[k], scales[k], recipe, degree, weight, local, Z
+                )
+                _add_cross(Z, V, n, rhs[k])
+                _add_gram_upper(Z, n, blocks[pair_id[k, k]])
+                for a in range(n):
+                    kept[offset[k] + lo + a] = Z[:, a]
+        for k in range(n_nodes):
+            for other in range(k + 1, n_nodes):
+                pair = pair_id[k, other]
+                if pair < 0:
                     continue
-                root_w = math.sqrt(r * sample_weight[d])
-                local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
-                for m in range(n_basis):
-                    Z[m, n_active] = root_w * phi[m]
-                for t in range(n_targets):
-                    V[t, n_active] = root_w * Y[d, t]
-                n_active += 1
-            if n_active == 0:
-                continue
-            for i in range(n_basis):
-                for j in range(i, n_basis):
-                    acc = 0.0
-                    for a in range(n_active):
-                        acc += Z[i, a] * Z[j, a]
-                    gram[k, i, j] += acc
-                for t in range(n_targets):
-                    acc = 0.0
-                    for a in range(n_active):
-                        acc += Z[i, a] * V[t, a]
-                    rhs[k, i, t] += acc
+                n = 0
+                a = offset[k]
+                b = offset[other]
+                while a < offset[k + 1] and b < offset[other + 1]:
+                    row_a = rows[k, a - offset[k]]
+                    row_b = rows[other, b - offset[other]]
+                    if row_a < row_b:
+                        a += 1
+                    elif row_a > row_b:
+                        b += 1
+                    else:
+                        first[:, n] = kept[a]
+                        second[:, n] = kept[b]
+                        n += 1
+                        a += 1
+                        b += 1
+                        if n == _COLUMNS:
+                            _add_cross(first, second, n, blocks[pair])
+                            n = 0
+                if n > 0:
+                    _add_cross(first, second, n, blocks[pair])
 
 
 @njit(cache=True, nogil=True)
@@ -270,33 +480,6 @@ def softmax_newton_terms(
                         start = f if jj == j else 0
                         for e in range(start, n_features):
                             curvature[p, row + f, col + e] += hf * g[e]
-
-
-@njit(cache=True, nogil=True)
-def weighted_squared_residuals(
-    X, Y, sample_weight, resp, centers, scales, coef, recipe, degree, min_resp,
-    out,
-):
-    """Add sum_d w_kd (y_d - mu_k(x_d))^2 to ``out`` (K, n_targets).
-
-    Computed from residuals, not from the normal equations, so that it stays
-    accurate when experts fit to 1e-8: expanding the square would cancel.
-    """
-    n_samples, n_nodes = resp.shape
-    n_targets = Y.shape[1]
-    phi = np.empty(recipe.shape[0])
-    legendre = np.empty((X.shape[1], degree + 1))
-    mu = np.empty(n_targets)
-    for d in range(n_samples):
-        for k in range(n_nodes):
-            w = resp[d, k] * sample_weight[d]
-            if resp[d, k] <= min_resp or w == 0.0:
-                continue
-            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi)
-            _expert_mean(phi, coef[k], mu)
-            for t in range(n_targets):
-                residual = Y[d, t] - mu[t]
-                out[k, t] += w * residual * residual
 
 
 @njit(cache=True, nogil=True)
@@ -391,49 +574,6 @@ def overlapping_pairs(log_gate, min_log_gate, overlaps):
         for a in range(n_active):
             for b in range(a, n_active):
                 overlaps[active[a], active[b]] = True
-
-
-@njit(cache=True, nogil=True)
-def blended_normal_equations(
-    X, Y, sample_weight, log_gate, centers, scales, recipe, degree,
-    min_log_gate, pair_id, blocks, rhs,
-):
-    """Normal equations of the deterministic POU network with frozen gates.
-
-    The mean sum_k pi_k(x) phi_k(x) . c_k is linear in all coefficients at
-    once; its least-squares matrix couples nodes k, k' whose gates overlap:
-    block (k, k') = sum_d s_d pi_k pi_k' phi_k phi_k'^T, stored in
-    blocks[pair_id[k, k']] for k <= k'. rhs[k] = sum_d s_d pi_k phi_k y_d.
-    """
-    n_samples, n_nodes = log_gate.shape
-    n_basis = recipe.shape[0]
-    n_targets = Y.shape[1]
-    legendre = np.empty((X.shape[1], degree + 1))
-    active = np.empty(n_nodes, dtype=np.int64)
-    phi = np.empty((n_nodes, n_basis))
-    for d in range(n_samples):
-        s = sample_weight[d]
-        if s == 0.0:
-            continue
-        n_active = _active_nodes(log_gate[d], min_log_gate, active)
-        for a in range(n_active):
-            k = active[a]
-            local_basis(X[d], centers[k], scales[k], recipe, legendre, phi[a])
-            gate = math.sqrt(s) * math.exp(log_gate[d, k])
-            for m in range(n_basis):
-                phi[a, m] *= gate
-        root_s = math.sqrt(s)
-        for a in range(n_active):
-            k = active[a]
-            for m in range(n_basis):
-                for t in range(n_targets):
-                    rhs[k, m, t] += root_s * phi[a, m] * Y[d, t]
-            for b in range(a, n_active):
-                block = blocks[pair_id[k, active[b]]]
-                for i in range(n_basis):
-                    value = phi[a, i]
-                    for j in range(n_basis):
-                        block[i, j] += value * phi[b, j]
 
 
 @njit(cache=True, nogil=True)
