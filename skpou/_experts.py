@@ -197,6 +197,14 @@ def solve_normal_equations(gram, rhs, alpha, n_jobs):
     return np.concatenate(parts)
 
 
+# The polish system is formed densely, with BLAS, when at least this share of
+# node pairs overlap and it has at most this many unknowns.
+DENSE_POLISH_OVERLAP = 0.25
+DENSE_POLISH_MAX_UNKNOWNS = 4096
+# Rows of the blended design matrix formed at once by the dense path.
+DESIGN_ROWS = 1024
+
+
 def solve_blended_least_squares(
     X, Y, sample_weight, block_log_gates, centers, scales, coef, recipe, degree,
     min_log_gate, alpha, pool,
@@ -206,9 +214,11 @@ def solve_blended_least_squares(
     EM fits each expert to its own weighted data; where gates overlap, the
     blended mean sum_k pi_k mu_k is then not the least-squares optimum. This
     solves for every coefficient at once (the deterministic POU network's
-    problem). Only overlapping nodes couple, so the matrix is block-sparse
-    and a sparse LU solves it. The ridge term pulls towards the EM
-    coefficients ``coef``, so nodes the data barely reach keep them.
+    problem). Only overlapping nodes couple, so the matrix is block-sparse:
+    a sparse LU solves it, unless most nodes overlap, where a dense Cholesky
+    of a matrix formed by BLAS products is faster. The ridge term pulls
+    towards the EM coefficients ``coef``, so nodes the data barely reach
+    keep them.
 
     ``block_log_gates(rows)`` gives the log gates of a block of rows: they
     are computed block by block, so memory does not grow with n_samples
@@ -224,6 +234,59 @@ def solve_blended_least_squares(
     (overlaps,) = sum_row_blocks(
         lambda rows: (block_overlaps(rows),), X.shape[0], pool
     )  # booleans: the sum is a logical or
+    share = overlaps.sum() / (n_nodes * (n_nodes + 1) / 2)
+    args = (X, Y, sample_weight, block_log_gates, centers, scales, recipe,
+            degree, min_log_gate, pool)
+    if share >= DENSE_POLISH_OVERLAP and n_nodes * n_basis <= DENSE_POLISH_MAX_UNKNOWNS:
+        matrix, rhs = _dense_blended_system(*args)
+        size = matrix.shape[0]
+        rhs = rhs / sample_weight.sum() + alpha * coef.reshape(size, n_targets)
+        matrix /= sample_weight.sum()
+        matrix[np.diag_indices(size)] += alpha
+        solution = _solve_one(matrix, rhs)
+    else:
+        matrix, rhs = _sparse_blended_system(overlaps, *args)
+        size = matrix.shape[0]
+        rhs = rhs.reshape(size, n_targets) / sample_weight.sum()
+        rhs += alpha * coef.reshape(size, n_targets)
+        matrix = (matrix / sample_weight.sum() + alpha * sparse.eye_array(size)).tocsc()
+        solution = splu(matrix).solve(rhs)
+    return solution.reshape(n_nodes, n_basis, n_targets)
+
+
+def _dense_blended_system(
+    X, Y, sample_weight, block_log_gates, centers, scales, recipe, degree,
+    min_log_gate, pool,
+):
+    """A^T S A and A^T S y for the design rows A[d] = (pi_k(x_d) phi_k(x_d))_k."""
+    n_unknowns = centers.shape[0] * recipe.shape[0]
+
+    def block(rows):
+        gram = np.zeros((n_unknowns, n_unknowns))
+        rhs = np.zeros((n_unknowns, Y.shape[1]))
+        design = np.empty((DESIGN_ROWS, n_unknowns))
+        for start in range(rows.start, rows.stop, DESIGN_ROWS):
+            part = slice(start, min(start + DESIGN_ROWS, rows.stop))
+            A = design[: part.stop - part.start]
+            _kernels.blended_design(
+                X[part], block_log_gates(part), centers, scales, recipe, degree,
+                min_log_gate, A,
+            )
+            A *= np.sqrt(sample_weight[part])[:, None]
+            gram += A.T @ A  # numpy sees A.T @ A and uses BLAS syrk
+            rhs += A.T @ (np.sqrt(sample_weight[part])[:, None] * Y[part])
+        return gram, rhs
+
+    return sum_row_blocks(block, X.shape[0], pool)
+
+
+def _sparse_blended_system(
+    overlaps, X, Y, sample_weight, block_log_gates, centers, scales, recipe,
+    degree, min_log_gate, pool,
+):
+    """The same system, block-sparse: one (M, M) block per overlapping pair."""
+    n_nodes, n_basis = centers.shape[0], recipe.shape[0]
+    n_targets = Y.shape[1]
     first, second = np.nonzero(overlaps)
     pair_id = np.full((n_nodes, n_nodes), -1, dtype=np.int64)
     pair_id[first, second] = np.arange(first.size)
@@ -240,9 +303,6 @@ def solve_blended_least_squares(
     blocks, rhs = sum_row_blocks(block, X.shape[0], pool)
     diagonal = first == second
     blocks[diagonal] = mirror_upper(blocks[diagonal])  # kernel wrote upper halves
-    total = sample_weight.sum()
-    blocks /= total
-    rhs = rhs / total + alpha * coef
 
     offsets = np.arange(n_basis)
     rows = (first[:, None, None] * n_basis + offsets[None, :, None]).repeat(n_basis, 2)
@@ -251,13 +311,12 @@ def solve_blended_least_squares(
     size = n_nodes * n_basis
     matrix = sparse.coo_array(
         (
-            np.concatenate([blocks.ravel(), blocks[off_diagonal].ravel(), np.full(size, alpha)]),
+            np.concatenate([blocks.ravel(), blocks[off_diagonal].ravel()]),
             (
-                np.concatenate([rows.ravel(), cols[off_diagonal].ravel(), np.arange(size)]),
-                np.concatenate([cols.ravel(), rows[off_diagonal].ravel(), np.arange(size)]),
+                np.concatenate([rows.ravel(), cols[off_diagonal].ravel()]),
+                np.concatenate([cols.ravel(), rows[off_diagonal].ravel()]),
             ),
         ),
         shape=(size, size),
-    ).tocsc()
-    solution = splu(matrix).solve(rhs.reshape(size, n_targets))
-    return solution.reshape(n_nodes, n_basis, n_targets)
+    )
+    return matrix, rhs

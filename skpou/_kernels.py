@@ -420,6 +420,39 @@ def blended_normal_equations(
 
 
 @njit(cache=True, nogil=True)
+def blended_design(X, log_gate, centers, scales, recipe, degree, min_log_gate, out):
+    """Rows of the blended design matrix: out[d, k * M + m] = pi_k(x_d) phi_km(x_d).
+
+    Zero where node k does not carry gate on row d. For when most nodes
+    overlap on most rows: the polish system is then nearly dense and is
+    formed with BLAS products of these rows (``_experts``).
+    """
+    n_samples, n_nodes = log_gate.shape
+    n_basis = recipe.shape[0]
+    chunk = _chunk_rows(n_nodes)
+    count = np.empty(n_nodes, dtype=np.int64)
+    rows = np.empty((n_nodes, chunk), dtype=np.int64)
+    gate = np.empty(_COLUMNS)
+    Z = np.empty((n_basis, _COLUMNS))
+    local = np.empty((X.shape[1], degree + 1, _COLUMNS))
+    out[:] = 0.0
+    for start in range(0, n_samples, chunk):
+        stop = min(start + chunk, n_samples)
+        _rows_carrying_gate(log_gate, start, stop, min_log_gate, count, rows)
+        for k in range(n_nodes):
+            for lo in range(0, count[k], _COLUMNS):
+                block = rows[k, lo:min(lo + _COLUMNS, count[k])]
+                for a in range(block.shape[0]):
+                    gate[a] = math.exp(log_gate[block[a], k])
+                basis_columns(
+                    X, block, centers[k], scales[k], recipe, degree, gate, local, Z
+                )
+                for a in range(block.shape[0]):
+                    for m in range(n_basis):
+                        out[block[a], k * n_basis + m] = Z[m, a]
+
+
+@njit(cache=True, nogil=True)
 def softmax_newton_terms(
     G, sample_weight, resp, prob, n_children, min_weight, grad, curvature,
 ):
@@ -432,54 +465,61 @@ def softmax_newton_terms(
     Hessian (the curvature, positive semi-definite) has blocks
     sum_d s_d u_d (delta_jj' p_dj - p_dj p_dj') g_d g_d^T.
 
-    Samples with parent weight u_d <= min_weight are skipped, and so are
-    children with negligible probability and responsibility. ``grad`` has
-    shape (n_parents, n_children, F), ``curvature`` (n_parents, n_children*F,
-    n_children*F); only its upper triangle is written.
+    Samples with parent weight u_d <= min_weight are skipped. Like the
+    expert kernels, each parent's rows are gathered into column blocks so
+    the sums over rows vectorize. ``grad`` has shape (n_parents, n_children,
+    F), ``curvature`` (n_parents, n_children*F, n_children*F); only its
+    upper block triangle is written (diagonal blocks whole).
     """
     n_samples, n_nodes = resp.shape
     n_features = G.shape[1]
     n_parents = n_nodes // n_children
-    active = np.empty(n_children, dtype=np.int64)
-    for d in range(n_samples):
-        s = sample_weight[d]
-        if s == 0.0:
-            continue
-        g = G[d]
-        for p in range(n_parents):
-            base = p * n_children
+    rows = np.empty(n_samples, dtype=np.int64)
+    features = np.empty((n_features, _COLUMNS))
+    weighted = np.empty((n_features, _COLUMNS))
+    prob_p = np.empty((n_children, _COLUMNS))
+    residual = np.empty((n_children, _COLUMNS))
+    parent_weight = np.empty(_COLUMNS)
+    for p in range(n_parents):
+        base = p * n_children
+        n_rows = 0
+        for d in range(n_samples):
             u = 0.0
             for j in range(n_children):
                 u += resp[d, base + j]
-            if u <= min_weight:
-                continue
-            n_active = 0
-            for j in range(n_children):
-                if prob[d, base + j] > 1e-15 or resp[d, base + j] > 1e-15 * u:
-                    active[n_active] = j
-                    n_active += 1
-            for a in range(n_active):
-                j = active[a]
-                p_j = prob[d, base + j]
-                c = s * (resp[d, base + j] - u * p_j)
+            if u > min_weight and sample_weight[d] != 0.0:
+                rows[n_rows] = d
+                n_rows += 1
+        for lo in range(0, n_rows, _COLUMNS):
+            block = rows[lo:min(lo + _COLUMNS, n_rows)]
+            n = block.shape[0]
+            for a in range(n):
+                d = block[a]
+                s = sample_weight[d]
+                u = 0.0
+                for j in range(n_children):
+                    u += resp[d, base + j]
+                parent_weight[a] = s * u
+                for j in range(n_children):
+                    prob_p[j, a] = prob[d, base + j]
+                    residual[j, a] = s * (resp[d, base + j] - u * prob[d, base + j])
                 for f in range(n_features):
-                    grad[p, j, f] += c * g[f]
-                for b in range(a, n_active):
-                    jj = active[b]
-                    p_jj = prob[d, base + jj]
-                    h = -p_j * p_jj
-                    if jj == j:
-                        h += p_j
-                    h *= s * u
-                    if h == 0.0:
-                        continue
-                    row = j * n_features
-                    col = jj * n_features
+                    features[f, a] = G[d, f]
+            _add_cross(residual, features, n, grad[p])
+            for j in range(n_children):
+                for jj in range(j, n_children):
+                    delta = 1.0 if jj == j else 0.0
                     for f in range(n_features):
-                        hf = h * g[f]
-                        start = f if jj == j else 0
-                        for e in range(start, n_features):
-                            curvature[p, row + f, col + e] += hf * g[e]
+                        for a in range(n):
+                            weighted[f, a] = (
+                                parent_weight[a] * prob_p[j, a]
+                                * (delta - prob_p[jj, a]) * features[f, a]
+                            )
+                    _add_cross(
+                        weighted, features, n,
+                        curvature[p, j * n_features:(j + 1) * n_features,
+                                  jj * n_features:(jj + 1) * n_features],
+                    )
 
 
 @njit(cache=True, nogil=True)
