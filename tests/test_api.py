@@ -4,6 +4,7 @@ estimator's own methods and attributes."""
 import inspect
 import pickle
 import re
+from math import comb
 
 import numpy as np
 import pytest
@@ -487,3 +488,24 @@ def test_not_verbose_prints_nothing(capsys, data_1d):
     HierarchicalPOURegressor(partitions=(2, 2), degree=2, n_cycles=3).fit(X, y)
     captured = capsys.readouterr()
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "n_features, n_samples, expected",
+    [(1, 200, 4), (2, 200, 4), (3, 200, 4), (4, 200, 3), (5, 200, 3),
+     (6, 200, 2), (9, 200, 2), (10, 200, 1), (3, 20, 3), (3, 19, 2), (30, 15, 0)],
+)
+def test_auto_degree_follows_dimension_and_samples(n_features, n_samples, expected):
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(n_samples, n_features))
+    y = X.sum(axis=1) ** 2
+    model = HierarchicalPOURegressor(partitions=(2,), n_cycles=0).fit(X, y)
+    assert model.degree_ == expected
+    assert model.powers_.shape[0] == comb(n_features + expected, expected)
+    assert np.isfinite(model.predict(X)).all()
+
+
+def test_explicit_degree_is_kept():
+    X = np.linspace(0, 1, 50)[:, None]
+    model = HierarchicalPOURegressor(partitions=(2,), degree=6, n_cycles=0)
+    assert model.fit(X, X[:, 0]).degree_ == 6

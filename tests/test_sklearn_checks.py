@@ -5,7 +5,9 @@ tag overrides): every check must pass. The only checks that do not run are
 the ones scikit-learn itself skips when an optional dependency is missing
 (pandas, array API).
 
-Degree 0 is the main instance: ``check_sample_weight_equivalence_on_dense_data``
+The default estimator runs every check: ``degree="auto"`` lowers the degree
+to what the samples support. Degree 0 runs every check too.
+``check_sample_weight_equivalence_on_dense_data``
 fits 15 (weighted) samples with 30 features, and any degree >= 1 has more
 basis functions than that, which the estimator rejects by design. The
 degree-1 instance therefore runs every check except that one; the rejection
@@ -33,8 +35,8 @@ DEGREE1 = HierarchicalPOURegressor(
 NOT_APPLICABLE_TO_DEGREE1 = {"check_sample_weight_equivalence_on_dense_data"}
 
 
-@parametrize_with_checks([DEGREE0])
-def test_sklearn_checks_degree0(estimator, check):
+@parametrize_with_checks([HierarchicalPOURegressor(random_state=0), DEGREE0])
+def test_sklearn_checks_default_and_degree0(estimator, check):
     check(estimator)
 
 
