@@ -97,21 +97,27 @@ class SoftmaxGate:
         total = sample_weight.sum()
         ridge = self._sharpness_ridge(X, sample_weight, resp, n_children)
 
-        def penalized(theta):
-            """Log gate probabilities and the penalized J_p of every parent."""
-            log_prob = np.empty((G.shape[0], n_nodes))
+        def block_fit(rows, theta):
             fit = np.zeros(n_parents)
             _kernels.softmax_gate_objective(
-                G, theta, sample_weight, resp, n_children, MIN_PARENT_WEIGHT,
-                log_prob, fit,
+                G[rows], theta, sample_weight[rows], resp[rows], n_children,
+                MIN_PARENT_WEIGHT, fit,
+            )
+            return (fit,)
+
+        def penalized(theta):
+            """The penalized objective J_p of every parent (nothing per row is
+            kept: memory stays at the responsibilities the M-step is given)."""
+            (fit,) = sum_row_blocks(
+                lambda rows: block_fit(rows, theta), G.shape[0], pool
             )
             penalty = (ridge * theta.reshape(n_parents, size) ** 2).sum(axis=1)
-            return log_prob, fit / total - 0.5 * penalty
+            return fit / total - 0.5 * penalty
 
-        log_prob, objective = penalized(theta)
+        objective = penalized(theta)
         for _ in range(self.max_iter if max_iter is None else max_iter):
             grad, curvature = self._newton_terms(
-                G, sample_weight, resp, np.exp(log_prob), n_children, pool
+                G, theta, sample_weight, resp, n_children, pool
             )
             flat = theta.reshape(n_parents, size)
             grad = grad.reshape(n_parents, size) / total - ridge * flat
@@ -122,9 +128,8 @@ class SoftmaxGate:
             decrement = np.einsum("ps,ps->p", grad, step)
             if np.all(decrement <= self.tol * (1.0 + np.abs(objective))):
                 break
-            theta, log_prob, objective = self._line_search(
-                theta, log_prob, step, decrement, objective, penalized,
-                n_children,
+            theta, objective = self._line_search(
+                theta, step, decrement, objective, penalized
             )
         return theta
 
@@ -156,7 +161,7 @@ class SoftmaxGate:
         ridge = self.ridge * mass[:, None] * per_feature
         return np.tile(ridge, (1, n_children))
 
-    def _newton_terms(self, G, sample_weight, resp, prob, n_children, pool):
+    def _newton_terms(self, G, theta, sample_weight, resp, n_children, pool):
         n_parents = resp.shape[1] // n_children
         size = n_children * G.shape[1]
 
@@ -164,8 +169,8 @@ class SoftmaxGate:
             grad = np.zeros((n_parents, n_children, G.shape[1]))
             curvature = np.zeros((n_parents, size, size))
             _kernels.softmax_newton_terms(
-                G[rows], sample_weight[rows], resp[rows], prob[rows],
-                n_children, MIN_PARENT_WEIGHT, grad, curvature,
+                G[rows], theta, sample_weight[rows], resp[rows], n_children,
+                MIN_PARENT_WEIGHT, grad, curvature,
             )
             return grad, curvature
 
@@ -173,9 +178,7 @@ class SoftmaxGate:
         return grad, mirror_upper(curvature)
 
     @staticmethod
-    def _line_search(
-        theta, log_prob, step, decrement, objective, penalized, n_children
-    ):
+    def _line_search(theta, step, decrement, objective, penalized):
         """Backtracking (Armijo) line search, separately for every parent.
 
         Parents whose step never satisfies the Armijo condition keep their
@@ -187,22 +190,19 @@ class SoftmaxGate:
         pending = decrement > 0
         new_flat = flat.copy()
         new_objective = objective.copy()
-        new_log_prob = log_prob.copy()
         for _ in range(30):
             if not pending.any():
                 break
             trial = np.where(pending[:, None], flat + eta[:, None] * step, new_flat)
-            trial_log_prob, trial_objective = penalized(trial.reshape(theta.shape))
+            trial_objective = penalized(trial.reshape(theta.shape))
             accept = pending & (
                 trial_objective >= objective + 1e-4 * eta * decrement
             )
             new_flat[accept] = trial[accept]
             new_objective[accept] = trial_objective[accept]
-            columns = np.repeat(accept, n_children)
-            new_log_prob[:, columns] = trial_log_prob[:, columns]
             pending &= ~accept
             eta[pending] *= 0.5
-        return new_flat.reshape(theta.shape), new_log_prob, new_objective
+        return new_flat.reshape(theta.shape), new_objective
 
 
 class MLPGate:

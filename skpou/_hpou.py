@@ -434,7 +434,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.n_iter_ = 0
         start = time.perf_counter()
         for cycle in range(self.n_cycles):
-            _, log_lik = self._v_cycle(data, finest)
+            log_lik = self._v_cycle(data, finest)[1]  # drop the (n, K) resp now
             loss = -log_lik
             self.loss_curve_.append(loss)
             self.n_iter_ = cycle + 1
@@ -485,10 +485,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                     self._pool, max_iter=INIT_GATE_ITER,
                 )
             )
+            # Release each (n_samples, n_nodes) array before the next is made:
+            # they are the largest arrays of the fit.
+            del split, resp
             resp = self._log_gates(data.X, level)
             resp = np.exp(resp, out=resp)
             self._m_step_experts(data, level, resp)
             self._m_step_noise(data, level, resp)
+            del resp
             for _ in range(INIT_SWEEPS):
                 resp, log_lik = self._relax(data, level)
             if self.verbose:
@@ -618,13 +622,13 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     def _e_step(self, data, level):
         """Responsibilities (n_samples, n_nodes) and mean log-likelihood."""
-        log_gate = self._log_gates(data.X, level)
-        resp = np.empty_like(log_gate)
+        resp = np.empty((data.X.shape[0], self.coef_[level].shape[0]))
         log_lik = np.empty(data.X.shape[0])
 
-        def block(rows):
+        def block(rows):  # log gates block by block: one (n, K) array in all
             _kernels.e_step(
-                data.X[rows], data.Y[rows], log_gate[rows], self.centers_[level],
+                data.X[rows], data.Y[rows], self._log_gates(data.X[rows], level),
+                self.centers_[level],
                 self.scales_[level], self.coef_[level], self._recipe,
                 self.degree_, self.log_var_[level], MIN_LOG_GATE,
                 resp[rows], log_lik[rows],
@@ -636,10 +640,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     def _m_step_experts(self, data, level, resp):
         """Weighted least squares per node, each in its own local frame."""
-        weights = data.sample_weight[:, None] * resp
         total = data.sample_weight.sum()
-        centers, scales = local_frames(data.X, weights, MIN_FRAME_SCALE)
-        del weights
+        centers, scales = local_frames(
+            data.X, resp, MIN_FRAME_SCALE, data.sample_weight
+        )
         gram, rhs = assemble_normal_equations(
             data.X, data.Y, data.sample_weight, resp, centers, scales,
             self._recipe, self.degree_, MIN_RESPONSIBILITY, self._pool,

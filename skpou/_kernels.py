@@ -454,7 +454,7 @@ def blended_design(X, log_gate, centers, scales, recipe, degree, min_log_gate, o
 
 @njit(cache=True, nogil=True)
 def softmax_newton_terms(
-    G, sample_weight, resp, prob, n_children, min_weight, grad, curvature,
+    G, theta, sample_weight, resp, n_children, min_weight, grad, curvature,
 ):
     """Gradient and curvature of the soft-label softmax objective per parent.
 
@@ -463,7 +463,8 @@ def softmax_newton_terms(
     J_p = sum_d s_d sum_j r_dj log p_dj, whose gradient in theta_j is
     sum_d s_d (r_dj - u_d p_dj) g_d with u_d = sum_j r_dj, and whose negative
     Hessian (the curvature, positive semi-definite) has blocks
-    sum_d s_d u_d (delta_jj' p_dj - p_dj p_dj') g_d g_d^T.
+    sum_d s_d u_d (delta_jj' p_dj - p_dj p_dj') g_d g_d^T, where
+    p_dj = softmax_j(g_d . theta_j) over the siblings.
 
     Samples with parent weight u_d <= min_weight are skipped. Like the
     expert kernels, each parent's rows are gathered into column blocks so
@@ -500,11 +501,11 @@ def softmax_newton_terms(
                 for j in range(n_children):
                     u += resp[d, base + j]
                 parent_weight[a] = s * u
-                for j in range(n_children):
-                    prob_p[j, a] = prob[d, base + j]
-                    residual[j, a] = s * (resp[d, base + j] - u * prob[d, base + j])
                 for f in range(n_features):
                     features[f, a] = G[d, f]
+                _sibling_softmax(G[d], theta, base, n_children, prob_p[:, a])
+                for j in range(n_children):
+                    residual[j, a] = s * (resp[d, base + j] - u * prob_p[j, a])
             _add_cross(residual, features, n, grad[p])
             for j in range(n_children):
                 for jj in range(j, n_children):
@@ -544,45 +545,60 @@ def group_log_softmax(logits, n_children, out):
 
 
 @njit(cache=True, nogil=True)
-def softmax_gate_objective(
-    G, theta, sample_weight, resp, n_children, min_weight, log_prob, objective,
-):
-    """Softmax-of-linear-logits gate: log probabilities and J_p per parent.
+def _sibling_softmax(g, theta, base, n_children, out):
+    """out[j] = softmax over siblings j of the logits g . theta[base + j]."""
+    largest = -np.inf
+    for j in range(n_children):
+        acc = 0.0
+        for f in range(g.shape[0]):
+            acc += g[f] * theta[base + j, f]
+        out[j] = acc
+        largest = max(largest, acc)
+    total = 0.0
+    for j in range(n_children):
+        out[j] = math.exp(out[j] - largest)
+        total += out[j]
+    for j in range(n_children):
+        out[j] /= total
 
-    For every sample whose parent weight u_d = sum_j r_dj exceeds min_weight,
-    fills that parent's columns of log_prob with log pi_{j|p}(x_d) for logits
-    G @ theta.T, and adds s_d sum_j r_dj log pi_{j|p}(x_d) to objective[p].
-    Other (sample, parent) pairs do not enter the gate fit: their columns
-    are set to the uniform log(1 / n_children) and cost nothing.
+
+@njit(cache=True, nogil=True)
+def softmax_gate_objective(
+    G, theta, sample_weight, resp, n_children, min_weight, objective,
+):
+    """Add s_d sum_j r_dj log pi_{j|p}(x_d) to objective[p], for each parent p.
+
+    pi_{j|p} is the softmax over the siblings of the logits G @ theta.T.
+    (sample, parent) pairs whose parent weight u_d = sum_j r_dj is at most
+    min_weight do not enter the gate fit.
     """
-    n_samples, n_features = G.shape
+    n_samples = G.shape[0]
     n_nodes = theta.shape[0]
-    uniform = -math.log(n_children)
+    log_prob = np.empty(n_children)
     for d in range(n_samples):
         s = sample_weight[d]
+        if s == 0.0:
+            continue
         for base in range(0, n_nodes, n_children):
             u = 0.0
             for j in range(base, base + n_children):
                 u += resp[d, j]
-            if u <= min_weight or s == 0.0:
-                for j in range(base, base + n_children):
-                    log_prob[d, j] = uniform
+            if u <= min_weight:
                 continue
             largest = -np.inf
-            for j in range(base, base + n_children):
+            for j in range(n_children):
                 acc = 0.0
-                for f in range(n_features):
-                    acc += G[d, f] * theta[j, f]
-                log_prob[d, j] = acc
+                for f in range(G.shape[1]):
+                    acc += G[d, f] * theta[base + j, f]
+                log_prob[j] = acc
                 largest = max(largest, acc)
             total = 0.0
-            for j in range(base, base + n_children):
-                total += math.exp(log_prob[d, j] - largest)
+            for j in range(n_children):
+                total += math.exp(log_prob[j] - largest)
             log_total = largest + math.log(total)
             fit = 0.0
-            for j in range(base, base + n_children):
-                log_prob[d, j] -= log_total
-                fit += resp[d, j] * log_prob[d, j]
+            for j in range(n_children):
+                fit += resp[d, base + j] * (log_prob[j] - log_total)
             objective[base // n_children] += s * fit
 
 
