@@ -671,6 +671,9 @@ def linear_child_log_gates(
             total = 0.0
             for j in range(base, base + n_children):
                 total += math.exp(out[d, j] - largest)
-            shift = log_parent - largest - math.log(total)
+            shift = log_parent - math.log(total)
             for j in range(base, base + n_children):
-                out[d, j] += shift
+                # The largest logit goes first: sharp gates have logits of
+                # 1e7 and more, and one combined shift would round every log
+                # gate to ~1e-16 of that (gates would not sum to one).
+                out[d, j] = (out[d, j] - largest) + shift
