@@ -37,6 +37,7 @@ from sklearn.utils.validation import (
 )
 
 from . import _kernels
+from ._crossings import place_boundaries_at_crossings
 from ._experts import (
     assemble_normal_equations,
     basis_recipe,
@@ -399,6 +400,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._run_v_cycles(em_data)
         if em_data is not data:
             self._refit_experts_on_all_rows(data)
+        if not (keep_partitions and self.n_cycles == 0):
+            # Frozen partitions (warm start without cycles) stay as they are.
+            self._place_boundaries_at_kinks(data)
         if self.polish:
             self._polish_finest_experts(data)
         self._refit_noise(data)
@@ -691,6 +695,24 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             data.X, data.sample_weight, resp, self.gate_params_[level - 1],
             self.partitions_[level - 1], self._pool,
         )
+
+    def _place_boundaries_at_kinks(self, data):
+        """Move 1-D boundaries at kinks to where their experts cross.
+
+        EM leaves a sharp boundary anywhere in the sample gap around a kink;
+        the experts' crossing places it (see ``_crossings``). Only for 1-D
+        inputs and linear gates: the one case where a boundary is a point
+        that shifting the logits moves.
+        """
+        if self.gate != "linear" or data.X.shape[1] != 1:
+            return
+        moved = place_boundaries_at_crossings(self, data)
+        if self.verbose:
+            print(
+                f"[HierarchicalPOURegressor] moved {moved} boundaries to "
+                "where their experts cross",
+                flush=True,
+            )
 
     def _polish_finest_experts(self, data):
         """Refit the finest experts jointly against the blended mean (gates frozen)."""
