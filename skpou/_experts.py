@@ -16,6 +16,7 @@ from itertools import combinations_with_replacement
 import numpy as np
 from joblib import effective_n_jobs
 from scipy import sparse
+from scipy.linalg import cho_factor, cho_solve
 from scipy.sparse.linalg import splu
 from sklearn.utils.parallel import Parallel, delayed
 
@@ -176,8 +177,7 @@ def _solve_batch(gram, rhs):
 
 def _solve_one(gram, rhs):
     try:
-        lower = np.linalg.cholesky(gram)
-        return np.linalg.solve(lower.T, np.linalg.solve(lower, rhs))
+        return cho_solve(cho_factor(gram, lower=True), rhs)
     except np.linalg.LinAlgError:
         # Singular or indefinite through round-off: minimum-norm solution
         # on the numerically positive eigenspace.
