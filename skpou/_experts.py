@@ -244,19 +244,20 @@ def solve_blended_least_squares(
     share = overlaps.sum() / (n_nodes * (n_nodes + 1) / 2)
     args = (X, Y, sample_weight, block_log_gates, centers, scales, recipe,
             degree, min_log_gate, pool)
-    if share >= DENSE_POLISH_OVERLAP and n_nodes * n_basis <= DENSE_POLISH_MAX_UNKNOWNS:
+    dense = share >= DENSE_POLISH_OVERLAP and n_nodes * n_basis <= DENSE_POLISH_MAX_UNKNOWNS
+    if dense:
         matrix, rhs = _dense_blended_system(*args)
-        size = matrix.shape[0]
-        rhs = rhs / sample_weight.sum() + alpha * coef.reshape(size, n_targets)
-        matrix /= sample_weight.sum()
+    else:
+        matrix, rhs = _sparse_blended_system(overlaps, *args)
+    size = n_nodes * n_basis
+    total = sample_weight.sum()
+    rhs = rhs.reshape(size, n_targets) / total + alpha * coef.reshape(size, n_targets)
+    if dense:
+        matrix /= total
         matrix[np.diag_indices(size)] += alpha
         solution = _solve_one(matrix, rhs)
     else:
-        matrix, rhs = _sparse_blended_system(overlaps, *args)
-        size = matrix.shape[0]
-        rhs = rhs.reshape(size, n_targets) / sample_weight.sum()
-        rhs += alpha * coef.reshape(size, n_targets)
-        matrix = (matrix / sample_weight.sum() + alpha * sparse.eye_array(size)).tocsc()
+        matrix = (matrix / total + alpha * sparse.eye_array(size)).tocsc()
         solution = splu(matrix).solve(rhs)
     return solution.reshape(n_nodes, n_basis, n_targets)
 
@@ -279,9 +280,10 @@ def _dense_blended_system(
                 X[part], block_log_gates(part), centers, scales, recipe, degree,
                 min_log_gate, A,
             )
-            A *= np.sqrt(sample_weight[part])[:, None]
+            root_weight = np.sqrt(sample_weight[part])[:, None]
+            A *= root_weight
             gram += A.T @ A  # numpy sees A.T @ A and uses BLAS syrk
-            rhs += A.T @ (np.sqrt(sample_weight[part])[:, None] * Y[part])
+            rhs += A.T @ (root_weight * Y[part])
         return gram, rhs
 
     return sum_row_blocks(block, X.shape[0], pool)

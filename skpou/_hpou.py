@@ -22,8 +22,8 @@ equations and solves), ``_gates`` (gate families and their M-steps).
 """
 
 import time
-from math import comb
 import warnings
+from math import comb
 from numbers import Integral, Real
 
 import numpy as np
