@@ -210,11 +210,16 @@ DENSE_POLISH_OVERLAP = 0.25
 DENSE_POLISH_MAX_UNKNOWNS = 4096
 # Rows of the blended design matrix formed at once by the dense path.
 DESIGN_ROWS = 1024
+# Least ridge of a polish with more unknowns than distinct rows (relative to
+# a matrix normalized by the total weight): round-off in the matrix then
+# moves the solution by ~1e-8 of its correction, and the data are still
+# fitted to ~1e-8.
+UNDERDETERMINED_POLISH_RIDGE = 1e-8
 
 
 def solve_blended_least_squares(
     X, Y, sample_weight, block_log_gates, centers, scales, coef, recipe, degree,
-    min_log_gate, alpha, pool,
+    min_log_gate, alpha, pool, determined=True,
 ):
     """Joint least squares of all experts against the blended mean, gates frozen.
 
@@ -226,6 +231,12 @@ def solve_blended_least_squares(
     of a matrix formed by BLAS products is faster. The ridge term pulls
     towards the EM coefficients ``coef``, so nodes the data barely reach
     keep them.
+
+    With fewer distinct rows than unknowns (``determined=False``) the data
+    fix only part of the coefficients and the ridge decides the rest; a
+    ridge as small as ``alpha`` would let round-off decide it (a change of
+    eps in the matrix moves the solution by eps / alpha), so there it is at
+    least UNDERDETERMINED_POLISH_RIDGE.
 
     ``block_log_gates(rows)`` gives the log gates of a block of rows: they
     are computed block by block, so memory does not grow with n_samples
@@ -251,6 +262,8 @@ def solve_blended_least_squares(
         matrix, rhs = _sparse_blended_system(overlaps, *args)
     size = n_nodes * n_basis
     total = sample_weight.sum()
+    if not determined:
+        alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
     rhs = rhs.reshape(size, n_targets) / total + alpha * coef.reshape(size, n_targets)
     if dense:
         matrix /= total

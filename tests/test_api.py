@@ -509,3 +509,29 @@ def test_explicit_degree_is_kept():
     X = np.linspace(0, 1, 50)[:, None]
     model = HierarchicalPOURegressor(partitions=(2,), degree=6, n_cycles=0)
     assert model.fit(X, X[:, 0]).degree_ == 6
+
+
+@pytest.mark.parametrize(
+    "gate, n_features, expected",
+    [("linear", 1, 1e-2), ("linear", 2, 1e-2), ("linear", 3, 0.3),
+     ("quadratic", 5, 0.3), ("mlp", 3, 1e-2)],
+)
+def test_auto_gate_alpha_follows_dimension_and_gate(gate, n_features, expected):
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(300, n_features))
+    model = HierarchicalPOURegressor(partitions=(2,), degree=1, gate=gate, n_cycles=1)
+    assert model.fit(X, X.sum(axis=1)).gate_alpha_ == expected
+
+
+def test_auto_gate_alpha_matches_the_explicit_value():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(400, 3))
+    y = np.sin(X.sum(axis=1))
+    auto = HierarchicalPOURegressor(partitions=(2, 2), degree=2).fit(X, y)
+    explicit = HierarchicalPOURegressor(
+        partitions=(2, 2), degree=2, gate_alpha=auto.gate_alpha_
+    ).fit(X, y)
+    assert explicit.gate_alpha_ == auto.gate_alpha_
+    np.testing.assert_array_equal(auto.predict(X), explicit.predict(X))
+    sharper = HierarchicalPOURegressor(partitions=(2, 2), degree=2, gate_alpha=1e-2).fit(X, y)
+    assert not np.array_equal(auto.predict(X), sharper.predict(X))

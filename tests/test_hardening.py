@@ -247,6 +247,31 @@ def test_bad_sample_weight_is_rejected(data, weight, message):
 PARTITIONS = [(1,), (2,), (3,), (3, 2), (2, 2, 2)]
 
 
+def test_repeated_rows_do_not_count_as_samples():
+    X = np.repeat(np.array([[0.0], [0.5], [1.0]]), 10, axis=0)
+    with pytest.raises(ValueError, match="n_samples=3 distinct"):
+        HierarchicalPOURegressor(partitions=(2,), degree=3).fit(X, X[:, 0] ** 2)
+
+
+def test_weights_and_repeated_rows_give_the_same_degree_and_fit():
+    # 12 distinct rows in 3-D: "auto" picks degree 2 (10 functions), and the
+    # polish of 4 partitions (40 unknowns) is underdetermined; with 200 rows
+    # degree 4 and a determined polish. Duplicates as rows or as weights
+    # must not matter in either case.
+    model = HierarchicalPOURegressor(partitions=(2, 2), random_state=0)
+    for n_rows, degree, atol in ((12, 2, 1e-6), (200, 4, 1e-9)):
+        rng = np.random.RandomState(0)
+        X = rng.uniform(size=(n_rows, 3))
+        y = np.sin(3 * X.sum(axis=1))
+        weight = rng.randint(1, 5, n_rows)
+        weighted = clone(model).fit(X, y, sample_weight=weight)
+        repeated = clone(model).fit(np.repeat(X, weight, axis=0), np.repeat(y, weight))
+        assert weighted.degree_ == repeated.degree_ == degree
+        # 12 rows leave each expert barely determined: round-off is
+        # amplified, hence the looser tolerance there.
+        np.testing.assert_allclose(weighted.predict(X), repeated.predict(X), atol=atol)
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -281,7 +306,7 @@ def test_fit_succeeds_or_raises_value_error(
     model = HierarchicalPOURegressor(
         partitions=partitions, degree=degree, gate=gate, n_cycles=3, random_state=0
     )
-    if n_samples < n_basis(n_features, degree):
+    if len(np.unique(X, axis=0)) < n_basis(n_features, degree):
         with pytest.raises(ValueError, match="basis functions"):
             model.fit(X, y)
         return
@@ -372,10 +397,16 @@ def test_all_features_constant_predicts_the_mean():
     rng = np.random.RandomState(0)
     y = rng.randn(100)
     weight = rng.uniform(0.5, 2, 100)
-    model = HierarchicalPOURegressor(**FAST).fit(np.ones((100, 2)), y, sample_weight=weight)
+    # One distinct row: degree="auto" falls to constant experts...
+    model = HierarchicalPOURegressor(partitions=(2, 2), random_state=0)
+    model.fit(np.ones((100, 2)), y, sample_weight=weight)
+    assert model.degree_ == 0
     mean, std = model.predict(np.ones((3, 2)), return_std=True)
     np.testing.assert_allclose(mean, np.average(y, weights=weight), rtol=1e-10)
     assert np.all(np.isfinite(std))
+    # ...and an explicit degree the data cannot determine is refused.
+    with pytest.raises(ValueError, match="n_samples=1 distinct"):
+        HierarchicalPOURegressor(**FAST).fit(np.ones((100, 2)), y)
 
 
 @pytest.mark.parametrize("value", [0.0, 3.0, -1e200, 1e-200])
