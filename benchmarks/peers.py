@@ -70,9 +70,15 @@ def candidate_grid(n_features, quick):
     elif n_features == 3:
         pairs = [((8, 4), 4), ((8, 8), 5), ((8, 8), 6)]
     else:
-        pairs = [((8, 4), 3), ((8, 8), 3), ((4, 4), 4)]
+        pairs = [((8, 8), 3), ((8, 4), 4), ((4, 4), 4)]
     grid = [{}]  # the defaults are always a candidate
     grid += [dict(partitions=p, degree=degree) for p, degree in pairs]
+    if n_features >= 4:
+        # In 4-5 D the EM objective still falls ~0.2 nats per cycle after the
+        # default 5 cycles, and wider blends than "auto"'s pay off further
+        # (Friedman 1, n = 1e5, (8, 4) degree 4: 3.3e-7 with these settings).
+        for params in grid[1:]:
+            params.update(gate_alpha=1.0, n_cycles=15)
     return grid
 
 
