@@ -3,7 +3,9 @@
 Prints Markdown tables to stdout and writes ``<out>/<suite>.md`` (quick mode:
 ``<suite>-quick.md``, so a quick check never overwrites a full run) plus PNG
 plots. A final "Targets" table collects the pass/fail checks of every suite
-that ran, also written to ``<out>/targets.md`` (``targets-quick.md``).
+that ran, also written to ``<out>/targets.md`` (``targets-quick.md``); the
+targets of suites not run this time are carried over from their latest
+``<suite>.md``, whose header names the commit they were measured at.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from . import paper, peers, scaling  # noqa: E402
 from ._common import (  # noqa: E402
     ROOT,
     Report,
+    Target,
     environment_header,
     targets_section,
     warm_up_numba,
@@ -50,7 +53,7 @@ def main(argv=None):
     suffix = "-quick" if args.quick else ""
 
     warm_up_numba()
-    all_targets = []
+    targets_of = {}
     started = time.perf_counter()
     for name in suites:
         t0 = time.perf_counter()
@@ -62,8 +65,13 @@ def main(argv=None):
         report.sections.append(f"_Suite run time: {elapsed:.0f} s._\n")
         print(f"_Suite {name} run time: {elapsed:.0f} s._\n", flush=True)
         (out / f"{name}{suffix}.md").write_text(report.markdown(header))
-        all_targets += report.targets
+        targets_of[name] = report.targets
 
+    carried = [name for name in SUITES if name not in suites
+               and (out / f"{name}{suffix}.md").exists()]
+    for name in carried:
+        targets_of[name] = saved_targets(out / f"{name}{suffix}.md")
+    all_targets = [t for name in SUITES for t in targets_of.get(name, [])]
     order = {"FAIL": 0, "PASS": 1, "SKIP": 2}
     text = targets_section(all_targets) if all_targets else "## Targets\n\n(none checked)\n"
     print(text, flush=True)
@@ -71,13 +79,29 @@ def main(argv=None):
         f"# skpou benchmark targets ({'quick' if args.quick else 'full'} mode)\n\n"
         f"Suites run: {', '.join(suites)}; total time "
         f"{time.perf_counter() - started:.0f} s; load average at end "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}.\n\n" + text
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}."
+        + (f" Targets of {', '.join(carried)} carried over from their latest "
+           "run (see the commit in each suite's page)." if carried else "")
+        + "\n\n" + text
     )
     (out / f"targets{suffix}.md").write_text(summary)
     counts = {s: sum(t.status == s for t in all_targets) for s in order}
     print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
+
+
+def saved_targets(path):
+    """The rows of the "## Targets" table of a suite page written earlier."""
+    lines = path.read_text().splitlines()
+    start = lines.index("## Targets")
+    rows = []
+    for line in lines[start + 4:]:  # title, blank, header, separator
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows.append(Target(*cells))
+    return rows
 
 
 if __name__ == "__main__":

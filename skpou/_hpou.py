@@ -134,9 +134,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         two input features and 0.3 for more (1e-2 for ``gate="mlp"``); the
         fitted value is ``gate_alpha_``. Both keep neighbours overlapping:
         smooth blends, the most accurate choice for smooth targets, and
-        wider ones in higher dimensions, where partitions are wide. Tiny values (1e-20) let gates sharpen until transition zones
-        hold almost no sample, as exact reproduction of piecewise
-        polynomials needs. For ``gate="mlp"`` it is a plain L2 penalty on
+        wider ones in higher dimensions, where partitions are wide. Tiny
+        values (1e-20) let gates sharpen until transition zones hold almost
+        no sample, as exact reproduction of piecewise polynomials needs. For ``gate="mlp"`` it is a plain L2 penalty on
         the network weights, per unit of sample weight.
 
     sigma : {"shared", "em", "fixed"}, default="shared"
@@ -374,7 +374,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         # Rows in a canonical order: floating-point sums, and so the fit,
         # then do not depend on how the caller ordered the rows. Equal rows
         # end up next to each other, so distinct ones are counted in passing.
-        order = np.lexsort((sample_weight, *y.reshape(len(y), -1).T[::-1], *X.T[::-1]))
+        Y = y.reshape(y.shape[0], -1)
+        order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
         n_distinct = _count_distinct_weighted_rows(X, sample_weight, order)
         if self.degree == "auto":
             self.degree_ = _auto_degree(X.shape[1], n_distinct)
@@ -387,8 +388,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         powers = total_degree_powers(X.shape[1], self.degree_)
         if n_distinct < powers.shape[0]:
             raise ValueError(
-                f"Found n_samples={n_distinct} distinct samples with positive weight, but "
-                f"degree={self.degree_} in {X.shape[1]} dimensions has "
+                f"Found n_samples={n_distinct} distinct samples with positive "
+                f"weight, but degree={self.degree_} in {X.shape[1]} dimensions has "
                 f"{powers.shape[0]} basis functions: at least that many "
                 "samples are needed. Lower `degree` or add samples."
             )
@@ -400,7 +401,6 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.powers_ = powers
         self._recipe = basis_recipe(powers)
         self._y_was_1d = y.ndim == 1
-        Y = y.reshape(y.shape[0], -1)
         self.n_outputs_ = Y.shape[1]
         self._fit_scaling(X, Y, sample_weight)
         X_scaled = X[order]  # a copy, scaled in place: one copy of X in all
