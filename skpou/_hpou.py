@@ -136,8 +136,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         smooth blends, the most accurate choice for smooth targets, and
         wider ones in higher dimensions, where partitions are wide. Tiny
         values (1e-20) let gates sharpen until transition zones hold almost
-        no sample, as exact reproduction of piecewise polynomials needs. For ``gate="mlp"`` it is a plain L2 penalty on
-        the network weights, per unit of sample weight.
+        no sample, as exact reproduction of piecewise polynomials needs. For
+        ``gate="mlp"`` it is a plain L2 penalty on the network weights, per
+        unit of sample weight.
 
     sigma : {"shared", "em", "fixed"}, default="shared"
         Expert noise during training. ``"fixed"`` keeps sigma = 1 on the
@@ -376,7 +377,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         # end up next to each other, so distinct ones are counted in passing.
         Y = y.reshape(y.shape[0], -1)
         order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
-        n_distinct = _count_distinct_weighted_rows(X, sample_weight, order)
+        X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
+        weight_sorted = sample_weight[order]
+        n_distinct = _count_distinct_weighted_rows(X_scaled, weight_sorted)
         if self.degree == "auto":
             self.degree_ = _auto_degree(X.shape[1], n_distinct)
         else:
@@ -403,16 +406,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._y_was_1d = y.ndim == 1
         self.n_outputs_ = Y.shape[1]
         self._fit_scaling(X, Y, sample_weight)
-        X_scaled = X[order]  # a copy, scaled in place: one copy of X in all
         X_scaled -= self.x_offset_
         X_scaled /= self.x_scale_
         Y_scaled = Y[order]
         Y_scaled /= self.y_scale_  # divided first: no overflow near the float range
         Y_scaled -= self.y_offset_ / self.y_scale_
-        data = _TrainingData(X_scaled, Y_scaled, sample_weight[order])
+        data = _TrainingData(X_scaled, Y_scaled, weight_sorted)
         # The fit's peak comes later (initialization): drop what is not
         # needed by then, the row order and the weights in the caller's order.
-        del order, sample_weight, X_scaled, Y_scaled
+        del order, sample_weight, X_scaled, Y_scaled, weight_sorted
         random_state = check_random_state(self.random_state)
         em_data = self._em_subsample(data, random_state)
 
@@ -952,12 +954,12 @@ def _auto_degree(n_features, n_samples):
     return 0
 
 
-def _count_distinct_weighted_rows(X, sample_weight, order):
-    """Distinct rows of X with positive weight; ``order`` sorts equal rows together."""
-    weighted = order[sample_weight[order] > 0]
-    if weighted.size == 0:
+def _count_distinct_weighted_rows(X_sorted, weight_sorted):
+    """Distinct rows with positive weight, of rows sorted so equal ones are adjacent."""
+    weighted = weight_sorted > 0
+    rows = X_sorted if weighted.all() else X_sorted[weighted]
+    if rows.shape[0] == 0:
         return 0
-    rows = X[weighted]
     return 1 + int(np.count_nonzero((rows[1:] != rows[:-1]).any(axis=1)))
 
 
