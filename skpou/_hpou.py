@@ -51,7 +51,7 @@ from ._experts import (
     thread_pool,
     total_degree_powers,
 )
-from ._gates import group_log_softmax, make_gate
+from ._gates import child_log_gates, make_gate
 
 # Nodes whose gate is below exp(-30) (~1e-13) of the row's largest gate are
 # skipped in the E-step and in predictions.
@@ -1043,6 +1043,6 @@ def _split_along_axis(data, resp, n_children, degree):
         offsets = np.concatenate([[0.0], np.cumsum(quantiles)])
         logits = beta * (np.outer(t, steps) - offsets)
         labels[:, p * n_children:(p + 1) * n_children] = resp[:, [p]] * np.exp(
-            group_log_softmax(logits, n_children)
+            child_log_gates(logits, np.zeros((X.shape[0], 1)), n_children)
         )
     return labels

@@ -38,6 +38,16 @@ LOG_2PI = math.log(2.0 * math.pi)
 _COLUMNS = 256  # rows whose basis is evaluated at once: a (n_basis, 256) block
 _CHUNK_ENTRIES = 1 << 20  # bound on a chunk's (node, row) lists, per thread
 _REASSOC = {"reassoc", "contract"}  # lets LLVM vectorize the row sums
+# exp(x) rounds to zero below log(2^-1075) = -745.13. libm's underflow path
+# costs 2-4x a normal exp, and peaked responsibilities or sharp gates send
+# most (row, node) pairs there: they are returned as the zero exp would give.
+_EXP_UNDERFLOW = -745.2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _exp(x):
+    """math.exp(x), without libm's slow path for results that round to 0."""
+    return math.exp(x) if x > _EXP_UNDERFLOW else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -205,10 +215,11 @@ def e_step(
                 joint_max = max(joint_max, resp[d, k])
             total = 0.0
             for k in range(n_nodes):
-                total += math.exp(resp[d, k] - joint_max)
+                resp[d, k] = _exp(resp[d, k] - joint_max)
+                total += resp[d, k]
             log_lik[d] = joint_max + math.log(total)
             for k in range(n_nodes):
-                resp[d, k] = math.exp(resp[d, k] - log_lik[d])
+                resp[d, k] /= total
 
 
 @njit(cache=True, nogil=True)
@@ -246,13 +257,13 @@ def mixture_moments(
                 mu = means[k, :, lo:lo + n]
                 _expert_means(Z, n, coef[k], mu)
                 for a in range(n):
-                    gate = math.exp(log_gate[block[a], k])
+                    gate = _exp(log_gate[block[a], k])
                     for t in range(n_targets):
                         mean[block[a], t] += gate * mu[t, a]
         for k in range(n_nodes):
             for a in range(count[k]):
                 d = rows[k, a]
-                gate = math.exp(log_gate[d, k])
+                gate = _exp(log_gate[d, k])
                 for t in range(n_targets):
                     spread = means[k, t, a] - mean[d, t] if include_spread else 0.0
                     variance[d, t] += gate * (var[k, t] + spread * spread)
@@ -381,7 +392,7 @@ def blended_normal_equations(
                 n = block.shape[0]
                 for a in range(n):
                     root_s = math.sqrt(sample_weight[block[a]])
-                    weight[a] = root_s * math.exp(log_gate[block[a], k])
+                    weight[a] = root_s * _exp(log_gate[block[a], k])
                     for t in range(n_targets):
                         V[t, a] = root_s * Y[block[a], t]
                 basis_columns(
@@ -443,7 +454,7 @@ def blended_design(X, log_gate, centers, scales, recipe, degree, min_log_gate, o
             for lo in range(0, count[k], _COLUMNS):
                 block = rows[k, lo:min(lo + _COLUMNS, count[k])]
                 for a in range(block.shape[0]):
-                    gate[a] = math.exp(log_gate[block[a], k])
+                    gate[a] = _exp(log_gate[block[a], k])
                 basis_columns(
                     X, block, centers[k], scales[k], recipe, degree, gate, local, Z
                 )
@@ -454,23 +465,26 @@ def blended_design(X, log_gate, centers, scales, recipe, degree, min_log_gate, o
 
 @njit(cache=True, nogil=True)
 def softmax_newton_terms(
-    G, theta, sample_weight, resp, n_children, min_weight, grad, curvature,
+    G, sample_weight, resp, log_prob, n_children, min_weight, fit, grad,
+    curvature,
 ):
-    """Gradient and curvature of the soft-label softmax objective per parent.
+    """Objective, gradient and curvature of the soft-label softmax fit per parent.
 
-    Columns of ``resp`` and ``prob`` come in groups of ``n_children`` siblings
-    (one group per parent). For parent p with children j, the objective is
-    J_p = sum_d s_d sum_j r_dj log p_dj, whose gradient in theta_j is
-    sum_d s_d (r_dj - u_d p_dj) g_d with u_d = sum_j r_dj, and whose negative
-    Hessian (the curvature, positive semi-definite) has blocks
-    sum_d s_d u_d (delta_jj' p_dj - p_dj p_dj') g_d g_d^T, where
-    p_dj = softmax_j(g_d . theta_j) over the siblings.
+    Columns of ``resp`` and ``log_prob`` come in groups of ``n_children``
+    siblings (one group per parent); log_prob[d, j] = log p_dj, the log
+    softmax over the siblings of the logits g_d . theta_j. For parent p with
+    children j, the objective is J_p = sum_d s_d sum_j r_dj log p_dj, whose
+    gradient in theta_j is sum_d s_d (r_dj - u_d p_dj) g_d with
+    u_d = sum_j r_dj, and whose negative Hessian (the curvature, positive
+    semi-definite) has blocks sum_d s_d u_d (delta_jj' p_dj - p_dj p_dj')
+    g_d g_d^T.
 
     Samples with parent weight u_d <= min_weight are skipped. Like the
     expert kernels, each parent's rows are gathered into column blocks so
-    the sums over rows vectorize. ``grad`` has shape (n_parents, n_children,
-    F), ``curvature`` (n_parents, n_children*F, n_children*F); only its
-    upper block triangle is written (diagonal blocks whole).
+    the sums over rows vectorize. J_p is added to ``fit`` (n_parents,), as
+    ``softmax_gate_objective`` would. ``grad`` has shape (n_parents,
+    n_children, F), ``curvature`` (n_parents, n_children*F, n_children*F);
+    only its upper block triangle is written (diagonal blocks whole).
     """
     n_samples, n_nodes = resp.shape
     n_features = G.shape[1]
@@ -498,13 +512,16 @@ def softmax_newton_terms(
                 d = block[a]
                 s = sample_weight[d]
                 u = 0.0
+                row_fit = 0.0
                 for j in range(n_children):
                     u += resp[d, base + j]
+                    row_fit += resp[d, base + j] * log_prob[d, base + j]
+                fit[p] += s * row_fit
                 parent_weight[a] = s * u
                 for f in range(n_features):
                     features[f, a] = G[d, f]
-                _sibling_softmax(G[d], theta, base, n_children, prob_p[:, a])
                 for j in range(n_children):
+                    prob_p[j, a] = _exp(log_prob[d, base + j])
                     residual[j, a] = s * (resp[d, base + j] - u * prob_p[j, a])
             _add_cross(residual, features, n, grad[p])
             for j in range(n_children):
@@ -524,82 +541,75 @@ def softmax_newton_terms(
 
 
 @njit(cache=True, nogil=True)
-def group_log_softmax(logits, n_children, out):
-    """Log-softmax within consecutive groups of n_children columns."""
-    n_samples, n_nodes = logits.shape
+def shift_by_sibling_max(logits, parent_log_gate, n_children, cutoff, out):
+    """out = logits minus the largest logit among siblings (first half of a
+    log-softmax; the caller takes exp in bulk, then ``add_log_normalizer``).
+
+    The largest logit goes first: sharp gates have logits of 1e7 and more,
+    and one combined shift would round every log gate to ~1e-16 of that
+    (gates would not sum to one). Children of a parent whose gate is below
+    exp(cutoff) of the row's largest parent gate, and of a parent whose
+    children are all -inf (pruned), get -inf.
+    """
+    n_samples, n_parents = parent_log_gate.shape
     for d in range(n_samples):
-        for base in range(0, n_nodes, n_children):
+        parent_max = -np.inf
+        for p in range(n_parents):
+            parent_max = max(parent_max, parent_log_gate[d, p])
+        for p in range(n_parents):
+            base = p * n_children
             largest = -np.inf
-            for j in range(base, base + n_children):
-                largest = max(largest, logits[d, j])
-            if largest == -np.inf:  # every child pruned: the parent is too
+            if parent_log_gate[d, p] >= parent_max + cutoff:
+                for j in range(base, base + n_children):
+                    largest = max(largest, logits[d, j])
+            if largest == -np.inf:
                 for j in range(base, base + n_children):
                     out[d, j] = -np.inf
-                continue
-            total = 0.0
-            for j in range(base, base + n_children):
-                total += math.exp(logits[d, j] - largest)
-            log_total = largest + math.log(total)
-            for j in range(base, base + n_children):
-                out[d, j] = logits[d, j] - log_total
+            else:
+                for j in range(base, base + n_children):
+                    out[d, j] = logits[d, j] - largest
 
 
 @njit(cache=True, nogil=True)
-def _sibling_softmax(g, theta, base, n_children, out):
-    """out[j] = softmax over siblings j of the logits g . theta[base + j]."""
-    largest = -np.inf
-    for j in range(n_children):
-        acc = 0.0
-        for f in range(g.shape[0]):
-            acc += g[f] * theta[base + j, f]
-        out[j] = acc
-        largest = max(largest, acc)
-    total = 0.0
-    for j in range(n_children):
-        out[j] = math.exp(out[j] - largest)
-        total += out[j]
-    for j in range(n_children):
-        out[j] /= total
+def add_log_normalizer(shifted, exp_shifted, parent_log_gate, n_children):
+    """shifted += log pi_parent - log sum_siblings exp(shifted), in place."""
+    n_samples, n_parents = parent_log_gate.shape
+    for d in range(n_samples):
+        for p in range(n_parents):
+            base = p * n_children
+            total = 0.0
+            for j in range(base, base + n_children):
+                total += exp_shifted[d, j]
+            if total == 0.0:  # the parent's children were all set to -inf
+                continue
+            shift = parent_log_gate[d, p] - math.log(total)
+            for j in range(base, base + n_children):
+                shifted[d, j] += shift
 
 
 @njit(cache=True, nogil=True)
 def softmax_gate_objective(
-    G, theta, sample_weight, resp, n_children, min_weight, objective,
+    sample_weight, resp, log_prob, n_children, min_weight, objective,
 ):
     """Add s_d sum_j r_dj log pi_{j|p}(x_d) to objective[p], for each parent p.
 
-    pi_{j|p} is the softmax over the siblings of the logits G @ theta.T.
+    ``log_prob`` holds log pi_{j|p}, the log softmax over the siblings.
     (sample, parent) pairs whose parent weight u_d = sum_j r_dj is at most
     min_weight do not enter the gate fit.
     """
-    n_samples = G.shape[0]
-    n_nodes = theta.shape[0]
-    log_prob = np.empty(n_children)
+    n_samples, n_nodes = resp.shape
     for d in range(n_samples):
         s = sample_weight[d]
         if s == 0.0:
             continue
         for base in range(0, n_nodes, n_children):
             u = 0.0
+            fit = 0.0
             for j in range(base, base + n_children):
                 u += resp[d, j]
-            if u <= min_weight:
-                continue
-            largest = -np.inf
-            for j in range(n_children):
-                acc = 0.0
-                for f in range(G.shape[1]):
-                    acc += G[d, f] * theta[base + j, f]
-                log_prob[j] = acc
-                largest = max(largest, acc)
-            total = 0.0
-            for j in range(n_children):
-                total += math.exp(log_prob[j] - largest)
-            log_total = largest + math.log(total)
-            fit = 0.0
-            for j in range(n_children):
-                fit += resp[d, base + j] * (log_prob[j] - log_total)
-            objective[base // n_children] += s * fit
+                fit += resp[d, j] * log_prob[d, j]
+            if u > min_weight:
+                objective[base // n_children] += s * fit
 
 
 @njit(cache=True, nogil=True)
@@ -630,50 +640,3 @@ def overlapping_pairs(log_gate, min_log_gate, overlaps):
         for a in range(n_active):
             for b in range(a, n_active):
                 overlaps[active[a], active[b]] = True
-
-
-@njit(cache=True, nogil=True)
-def linear_child_log_gates(
-    G, theta, parent_log_gate, n_children, pruned, min_log_gate, out,
-):
-    """log pi_child(x) = log pi_parent(x) + log softmax_siblings(G theta^T).
-
-    Children of a parent whose gate is below exp(min_log_gate) of the row's
-    largest parent gate get -inf without evaluating their logits: they could
-    never reach the E-step's or the prediction's threshold. Pruned children
-    get -inf too.
-    """
-    n_samples, n_parents = parent_log_gate.shape
-    n_features = G.shape[1]
-    for d in range(n_samples):
-        parent_max = -np.inf
-        for p in range(n_parents):
-            parent_max = max(parent_max, parent_log_gate[d, p])
-        for p in range(n_parents):
-            base = p * n_children
-            log_parent = parent_log_gate[d, p]
-            if log_parent < parent_max + min_log_gate:
-                for j in range(base, base + n_children):
-                    out[d, j] = -np.inf
-                continue
-            largest = -np.inf
-            for j in range(base, base + n_children):
-                if pruned[j]:
-                    out[d, j] = -np.inf
-                    continue
-                acc = 0.0
-                for f in range(n_features):
-                    acc += G[d, f] * theta[j, f]
-                out[d, j] = acc
-                largest = max(largest, acc)
-            if largest == -np.inf:
-                continue
-            total = 0.0
-            for j in range(base, base + n_children):
-                total += math.exp(out[d, j] - largest)
-            shift = log_parent - math.log(total)
-            for j in range(base, base + n_children):
-                # The largest logit goes first: sharp gates have logits of
-                # 1e7 and more, and one combined shift would round every log
-                # gate to ~1e-16 of that (gates would not sum to one).
-                out[d, j] = (out[d, j] - largest) + shift

@@ -269,19 +269,27 @@ def test_convergence_in_partitions_with_default_gates(degree):
 def test_two_levels_beat_one_on_paper_example():
     # The paper, with its gate (a tanh MLP with softmax output): (15, 3)
     # reaches ~1e-3 where a single level of 45 partitions stalls at
-    # ~1.5e-2, same degree and number of sweeps.
+    # ~1.5e-2, same degree and number of sweeps. The MLP gates start from
+    # random weights and their L-BFGS fits amplify round-off, so one start
+    # is erratic (measured over 5 starts: 0.8-2.6e-3 for (15, 3), 2.5-3.8e-3
+    # for (45,)); the median of five is not.
     X = np.linspace(0, 1, 1000)[:, None]
     X_test = held_out()
     y, y_test = paper_1d(X[:, 0]), paper_1d(X_test[:, 0])
     errors = {}
     for partitions in [(15, 3), (45,)]:
-        model = HierarchicalPOURegressor(
-            partitions=partitions, degree=1, gate="mlp", n_cycles=10,
-            tol=0, random_state=0,
-        ).fit(X, y)
-        errors[partitions] = relative_error(model, X_test, y_test)
+        errors[partitions] = np.median([
+            relative_error(
+                HierarchicalPOURegressor(
+                    partitions=partitions, degree=1, gate="mlp", n_cycles=10,
+                    tol=0, random_state=seed,
+                ).fit(X, y),
+                X_test, y_test,
+            )
+            for seed in range(5)
+        ])
     assert errors[(15, 3)] < errors[(45,)], errors
-    assert errors[(15, 3)] < 2e-3, errors
+    assert errors[(15, 3)] < 1.5e-3, errors
 
 
 def test_two_levels_beat_one_in_2d_with_linear_gates():

@@ -104,3 +104,93 @@ def test_blended_normal_equations_match_numpy():
         np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12 * np.abs(expected).max())
     for k in range(4):
         np.testing.assert_allclose(rhs[k], design[k].T @ (sw[:, None] * Y), rtol=1e-11)
+
+
+def _sibling_problem(n_parents=3, n_children=4, n_features=3, seed=1):
+    rng = np.random.default_rng(seed)
+    n = 600
+    G = np.hstack([np.ones((n, 1)), rng.uniform(-1, 1, (n, n_features - 1))])
+    theta = 3.0 * rng.standard_normal((n_parents * n_children, n_features))
+    resp = rng.dirichlet(np.ones(n_parents * n_children), n)
+    resp[::5, :n_children] = 0.0  # rows that skip the first parent's fit
+    sample_weight = rng.uniform(0.5, 2.0, n)
+    sample_weight[::7] = 0.0
+    return G, theta, resp, sample_weight
+
+
+def _sibling_log_softmax(logits, n_children):
+    groups = logits.reshape(logits.shape[0], -1, n_children)
+    return (groups - np.logaddexp.reduce(groups, axis=2, keepdims=True)).reshape(
+        logits.shape
+    )
+
+
+def test_child_log_gates_match_numpy():
+    from skpou._gates import child_log_gates
+
+    rng = np.random.default_rng(2)
+    n, n_parents, n_children = 300, 4, 3
+    logits = 5.0 * rng.standard_normal((n, n_parents * n_children))
+    logits[:, 0] *= 1e7  # sharp: the largest logit must be taken out first
+    logits[:, 4] = -np.inf  # a pruned child
+    logits[:, 6:9] = -np.inf  # a parent whose children are all pruned
+    parent = np.log(rng.dirichlet(np.ones(n_parents), n))
+    parent[:20, 1] = parent[:20].max(axis=1) - 50.0  # negligible parent
+    out = child_log_gates(logits, parent, n_children, cutoff=-40.0)
+
+    expected = np.repeat(parent, n_children, axis=1) + _sibling_log_softmax(
+        np.where(np.isinf(logits), -1e300, logits), n_children
+    )
+    expected[:, 4] = -np.inf
+    expected[:, 6:9] = -np.inf
+    expected[:20, 3:6] = -np.inf
+    assert np.array_equal(np.isinf(out), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-12, atol=1e-12)
+    # Gates of every live parent still sum to its own gate.
+    live = np.exp(out).reshape(n, n_parents, n_children).sum(axis=2)
+    np.testing.assert_allclose(live[20:, [0, 1, 3]], np.exp(parent[20:, [0, 1, 3]]))
+
+
+def test_softmax_gate_kernels_match_numpy():
+    n_children, min_weight = 4, 1e-10
+    G, theta, resp, sample_weight = _sibling_problem(n_children=n_children)
+    n, n_features = G.shape
+    n_parents = theta.shape[0] // n_children
+    log_prob = _sibling_log_softmax(G @ theta.T, n_children)
+    prob = np.exp(log_prob)
+
+    fit = np.zeros(n_parents)
+    objective = np.zeros(n_parents)
+    grad = np.zeros((n_parents, n_children, n_features))
+    size = n_children * n_features
+    curvature = np.zeros((n_parents, size, size))
+    _kernels.softmax_newton_terms(
+        G, sample_weight, resp, log_prob, n_children, min_weight, fit, grad,
+        curvature,
+    )
+    _kernels.softmax_gate_objective(
+        sample_weight, resp, log_prob, n_children, min_weight, objective
+    )
+    curvature = mirror_upper(curvature)
+
+    for p in range(n_parents):
+        cols = slice(p * n_children, (p + 1) * n_children)
+        r, q = resp[:, cols], prob[:, cols]
+        u = r.sum(axis=1)
+        s = sample_weight * (u > min_weight)
+        expected_fit = s @ (r * log_prob[:, cols]).sum(axis=1)
+        expected_grad = ((s[:, None] * (r - u[:, None] * q)).T @ G)
+        weight = (s * u)[:, None, None] * (
+            np.einsum("dj,jk->djk", q, np.eye(n_children))
+            - np.einsum("dj,dk->djk", q, q)
+        )
+        expected_curvature = np.einsum(
+            "djk,df,dg->jfkg", weight, G, G
+        ).reshape(size, size)
+        np.testing.assert_allclose(fit[p], expected_fit, rtol=1e-12)
+        np.testing.assert_allclose(objective[p], expected_fit, rtol=1e-12)
+        np.testing.assert_allclose(grad[p], expected_grad, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            curvature[p], expected_curvature, rtol=1e-10, atol=1e-10
+        )
