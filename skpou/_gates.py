@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from . import _kernels
-from ._experts import local_frames, mirror_upper, sum_row_blocks
+from ._experts import ROWS_PER_BLOCK, local_frames, mirror_upper, sum_row_blocks
 
 # Parent weight below which a sample does not enter that parent's gate fit.
 MIN_PARENT_WEIGHT = 1e-10
@@ -39,15 +39,20 @@ def child_log_gates(logits, parent_log_gate, n_children, cutoff=-np.inf):
     whose gate is below exp(cutoff) of the row's largest parent gate get
     -inf: they could never reach the E-step's or the prediction's threshold.
     The exponentials are taken by numpy in bulk: its SIMD exp is ~10x
-    faster than the scalar libm calls a Numba loop makes.
+    faster than the scalar libm calls a Numba loop makes. ``logits`` is
+    overwritten with the result, and exp's scratch space is taken a block
+    of rows at a time: no (n_samples, n_nodes) array besides ``logits``.
     """
-    log_gate = np.empty_like(logits)
+    log_gate = logits
     _kernels.shift_by_sibling_max(
         logits, parent_log_gate, n_children, cutoff, log_gate
     )
-    _kernels.add_log_normalizer(
-        log_gate, np.exp(log_gate), parent_log_gate, n_children
-    )
+    for start in range(0, log_gate.shape[0], ROWS_PER_BLOCK):
+        rows = slice(start, start + ROWS_PER_BLOCK)
+        _kernels.add_log_normalizer(
+            log_gate[rows], np.exp(log_gate[rows]), parent_log_gate[rows],
+            n_children,
+        )
     return log_gate
 
 

@@ -549,7 +549,7 @@ def shift_by_sibling_max(logits, parent_log_gate, n_children, cutoff, out):
     and one combined shift would round every log gate to ~1e-16 of that
     (gates would not sum to one). Children of a parent whose gate is below
     exp(cutoff) of the row's largest parent gate, and of a parent whose
-    children are all -inf (pruned), get -inf.
+    children are all -inf (pruned), get -inf. ``out`` may be ``logits``.
     """
     n_samples, n_parents = parent_log_gate.shape
     for d in range(n_samples):

@@ -136,7 +136,7 @@ def test_child_log_gates_match_numpy():
     logits[:, 6:9] = -np.inf  # a parent whose children are all pruned
     parent = np.log(rng.dirichlet(np.ones(n_parents), n))
     parent[:20, 1] = parent[:20].max(axis=1) - 50.0  # negligible parent
-    out = child_log_gates(logits, parent, n_children, cutoff=-40.0)
+    out = child_log_gates(logits.copy(), parent, n_children, cutoff=-40.0)
 
     expected = np.repeat(parent, n_children, axis=1) + _sibling_log_softmax(
         np.where(np.isinf(logits), -1e300, logits), n_children
