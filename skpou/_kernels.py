@@ -571,19 +571,30 @@ def shift_by_sibling_max(logits, parent_log_gate, n_children, cutoff, out):
 
 
 @njit(cache=True, nogil=True)
-def add_log_normalizer(shifted, exp_shifted, parent_log_gate, n_children):
-    """shifted += log pi_parent - log sum_siblings exp(shifted), in place."""
+def sibling_sums(values, n_children, out):
+    """out[d, p] = sum of values[d, j] over the children j of parent p."""
+    n_samples, n_parents = out.shape
+    for d in range(n_samples):
+        for p in range(n_parents):
+            total = 0.0
+            for j in range(p * n_children, (p + 1) * n_children):
+                total += values[d, j]
+            out[d, p] = total
+
+
+@njit(cache=True, nogil=True)
+def add_log_normalizer(shifted, log_total, parent_log_gate, n_children):
+    """shifted += log pi_parent - log_total over each group of siblings.
+
+    Groups whose log_total is -inf (every child was set to -inf) are left.
+    """
     n_samples, n_parents = parent_log_gate.shape
     for d in range(n_samples):
         for p in range(n_parents):
-            base = p * n_children
-            total = 0.0
-            for j in range(base, base + n_children):
-                total += exp_shifted[d, j]
-            if total == 0.0:  # the parent's children were all set to -inf
+            if log_total[d, p] == -np.inf:
                 continue
-            shift = parent_log_gate[d, p] - math.log(total)
-            for j in range(base, base + n_children):
+            shift = parent_log_gate[d, p] - log_total[d, p]
+            for j in range(p * n_children, (p + 1) * n_children):
                 shifted[d, j] += shift
 
 
