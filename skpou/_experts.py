@@ -105,28 +105,42 @@ def sum_row_blocks(function, n_samples, pool):
     return tuple(total)
 
 
-def local_frames(X, weights, min_scale, sample_weight=None):
-    """Centre and half-width of each node's weighted data, per feature.
+def weighted_moments(X, weights, sample_weight):
+    """Per node: total weight, and weighted sums of x and x^2 per feature.
 
-    Node k weighs row d by weights[d, k] (times sample_weight[d] if given:
-    passing the two apart spares an (n_samples, n_nodes) product). Uniform
-    data on [a, b] maps to [-1, 1]: centre = mean, half-width = sqrt(3) * std.
-    Nodes with no weight get the unit box.
+    Node k weighs row d by weights[d, k] * sample_weight[d] (passed apart:
+    that spares an (n_samples, n_nodes) product). Sums over row blocks add.
     """
-    if sample_weight is None:
-        sample_weight = np.ones(X.shape[0])
     mass = weights.T @ sample_weight
-    safe_mass = np.where(mass > 0, mass, 1.0)[:, None]
     weighted_X = sample_weight[:, None] * X
-    centers = (weights.T @ weighted_X) / safe_mass
+    first = weights.T @ weighted_X
     weighted_X *= X
-    second = (weights.T @ weighted_X) / safe_mass
-    var = np.maximum(second - centers**2, 0.0)
+    return mass, first, weights.T @ weighted_X
+
+
+def frames_from_moments(mass, first, second, min_scale):
+    """Centre and half-width per node and feature, from ``weighted_moments``.
+
+    Uniform data on [a, b] maps to [-1, 1]: centre = mean, half-width =
+    sqrt(3) * std. Nodes with no weight get the unit box.
+    """
+    safe_mass = np.where(mass > 0, mass, 1.0)[:, None]
+    centers = first / safe_mass
+    var = np.maximum(second / safe_mass - centers**2, 0.0)
     scales = np.maximum(np.sqrt(3.0 * var), min_scale)
     empty = mass <= 0
     centers[empty] = 0.0
     scales[empty] = 1.0
     return centers, scales
+
+
+def local_frames(X, weights, min_scale, sample_weight=None):
+    """Centre and half-width of each node's weighted data, per feature."""
+    if sample_weight is None:
+        sample_weight = np.ones(X.shape[0])
+    return frames_from_moments(
+        *weighted_moments(X, weights, sample_weight), min_scale
+    )
 
 
 def block_normal_equations(
