@@ -505,7 +505,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         ]
 
         resp = np.ones((n_samples, 1))
-        self._m_step_experts(data, 0, resp, resp_are_gates=True)
+        self._m_step_experts(data, 0, resp)
         self._m_step_noise(data, 0, resp)
         for level, n_children in enumerate(self.partitions_, start=1):
             split = _split_along_axis(data, resp, n_children, self.degree_)
@@ -523,7 +523,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             del split, resp
             resp = self._log_gates(data.X, level)
             resp = np.exp(resp, out=resp)
-            self._m_step_experts(data, level, resp, resp_are_gates=True)
+            self._m_step_experts(data, level, resp)
             self._m_step_noise(data, level, resp)
             del resp
             for _ in range(INIT_SWEEPS):
@@ -592,7 +592,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """
         for level in range(len(self.partitions_) + 1):
             resp = np.exp(self._log_gates(data.X, level))
-            self._m_step_experts(data, level, resp, resp_are_gates=True)
+            self._m_step_experts(data, level, resp)
             self._m_step_noise(data, level, resp)
 
     def _v_cycle(self, data, level):
@@ -605,7 +605,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Post-relaxation: one EM sweep on this level.
         """
         if level > 1:
-            resp, _ = self._e_step(data, level)
+            resp, _, _ = self._e_step(data, level)
             coarse_resp = _restrict(resp, self.partitions_[level - 1])
             del resp
             self._m_step_gates(data, level - 1, coarse_resp)
@@ -618,9 +618,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
         Returns the E-step's responsibilities and mean log-likelihood.
         """
-        resp, log_lik = self._e_step(data, level)
+        resp, log_lik, gate_frames = self._e_step(data, level)
         self._prune_empty_partitions(data, level, resp)
-        self._m_step_experts(data, level, resp)
+        self._m_step_experts(data, level, resp, gate_frames)
         self._m_step_noise(data, level, resp)
         self._m_step_gates(data, level, resp)
         return resp, log_lik
@@ -654,36 +654,48 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.pruned_[level] = self.pruned_[level] | empty.ravel()
 
     def _e_step(self, data, level):
-        """Responsibilities (n_samples, n_nodes) and mean log-likelihood."""
+        """Responsibilities (n_samples, n_nodes), mean log-likelihood, and
+        the local frames of the level's gates (see ``_m_step_experts``)."""
         resp = np.empty((data.X.shape[0], self.coef_[level].shape[0]))
         log_lik = np.empty(data.X.shape[0])
 
         def block(rows):  # log gates block by block: one (n, K) array in all
+            log_gate = self._log_gates(data.X[rows], level)
             _kernels.e_step(
-                data.X[rows], data.Y[rows], self._log_gates(data.X[rows], level),
-                self.centers_[level],
+                data.X[rows], data.Y[rows], log_gate, self.centers_[level],
                 self.scales_[level], self.coef_[level], self._recipe,
                 self.degree_, self.log_var_[level], MIN_LOG_GATE,
                 resp[rows], log_lik[rows],
             )
+            gate = np.exp(log_gate, out=log_gate)
+            return weighted_moments(data.X[rows], gate, data.sample_weight[rows])
 
-        map_row_blocks(block, data.X.shape[0], self._pool)
+        moments = sum_row_blocks(block, data.X.shape[0], self._pool)
         sw = data.sample_weight
-        return resp, float(sw @ log_lik / sw.sum())
+        return (
+            resp, float(sw @ log_lik / sw.sum()),
+            frames_from_moments(*moments, MIN_FRAME_SCALE),
+        )
 
-    def _m_step_experts(self, data, level, resp, resp_are_gates=False):
+    def _m_step_experts(self, data, level, resp, frames=None):
         """Weighted least squares per node, each in its own local frame.
 
-        The frames are those of the level's gates (``_gate_frames``); pass
-        ``resp_are_gates`` when the weights are the gates themselves.
+        ``frames`` (centres, half-widths) are those of the level's gates,
+        from the E-step; by default, those of ``resp``, for callers whose
+        weights are the gates. A frame spans where its expert is used, the
+        gate, rather than the rows it fits, its responsibilities: those can
+        shrink onto a few rows (noise-free data make EM's responsibilities
+        sharp) while the gate, however small, still spans a partition, and
+        a degree-7 polynomial evaluated at |z| ~ 1e5 there ruins the blend.
+        Measured on Runge, degree 7, n = 1e5 with one BLAS thread: (16, 8)
+        2.7e-7 with frames from responsibilities (1.6e-8 with two threads:
+        round-off decided), 7.2e-9 with gate frames (1.2e-8); at n = 1e4,
+        (8, 8) 0.59 against 2.7e-8.
         """
         total = data.sample_weight.sum()
-        if resp_are_gates:
-            centers, scales = local_frames(
-                data.X, resp, MIN_FRAME_SCALE, data.sample_weight
-            )
-        else:
-            centers, scales = self._gate_frames(data, level)
+        if frames is None:
+            frames = local_frames(data.X, resp, MIN_FRAME_SCALE, data.sample_weight)
+        centers, scales = frames
         gram, rhs = assemble_normal_equations(
             data.X, data.Y, data.sample_weight, resp, centers, scales,
             self._recipe, self.degree_, MIN_RESPONSIBILITY, self._pool,
@@ -693,26 +705,6 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         )
         self.centers_[level] = centers
         self.scales_[level] = scales
-
-    def _gate_frames(self, data, level):
-        """Each node's local frame: centre and half-width of its gate.
-
-        The frame spans where the expert is used, its gate, rather than the
-        rows it fits, its responsibilities: those can shrink onto a few rows
-        (noise-free data make EM's responsibilities sharp) while the gate,
-        however small, still spans a partition, and a degree-7 polynomial
-        evaluated at |z| ~ 1e5 there ruins the blend. Measured on Runge,
-        degree 7, n = 1e5 with one BLAS thread: (16, 8) 2.7e-7 with frames
-        from responsibilities (1.6e-8 with two threads: round-off decided),
-        7.8e-9 with gate frames (7.6e-9); at n = 1e4, (8, 8) 0.59 against
-        2.7e-8. The gates are recomputed block by block, as in the E-step.
-        """
-        def block(rows):
-            gate = np.exp(self._log_gates(data.X[rows], level))
-            return weighted_moments(data.X[rows], gate, data.sample_weight[rows])
-
-        moments = sum_row_blocks(block, data.X.shape[0], self._pool)
-        return frames_from_moments(*moments, MIN_FRAME_SCALE)
 
     def _weighted_residuals(self, data, level, resp):
         """Per node and output: sum_d w_kd (y_d - mu_k(x_d))^2 and sum_d w_kd."""
