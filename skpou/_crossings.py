@@ -41,7 +41,6 @@ have no boundary that shifting the logits moves without reshaping it.
 """
 
 import functools
-import math
 
 import numpy as np
 
