@@ -293,24 +293,40 @@ def _dense_blended_system(
     X, Y, sample_weight, block_log_gates, centers, scales, recipe, degree,
     min_log_gate, pool,
 ):
-    """A^T S A and A^T S y for the design rows A[d] = (pi_k(x_d) phi_k(x_d))_k."""
-    n_unknowns = centers.shape[0] * recipe.shape[0]
+    """A^T S A and A^T S y for the design rows A[d] = (pi_k(x_d) phi_k(x_d))_k.
+
+    Each run of DESIGN_ROWS rows is formed only for the nodes that carry
+    gate somewhere in it: the rows are sorted by x, so a run covers a slab
+    of the domain, and with many partitions in low dimensions most nodes
+    are zero throughout it. Measured with one thread, against forming all
+    columns for every run: Runge 1-D at n = 1e5, (16, 8) degree 7 2.9 s ->
+    0.63 s and (256,) degree 3 3.2 s -> 0.82 s; Franke 2-D at n = 1e4,
+    (16, 16) degree 3 2.0 s -> 1.2 s. Where every node carries gate
+    everywhere (the default tree from 3-D on) nothing changes.
+    """
+    n_nodes, n_basis = centers.shape[0], recipe.shape[0]
+    n_unknowns = n_nodes * n_basis
 
     def block(rows):
         gram = np.zeros((n_unknowns, n_unknowns))
         rhs = np.zeros((n_unknowns, Y.shape[1]))
-        design = np.empty((DESIGN_ROWS, n_unknowns))
+        design = np.empty(DESIGN_ROWS * n_unknowns)
         for start in range(rows.start, rows.stop, DESIGN_ROWS):
             part = slice(start, min(start + DESIGN_ROWS, rows.stop))
-            A = design[: part.stop - part.start]
+            log_gate = block_log_gates(part)
+            carrying = log_gate >= log_gate.max(axis=1, keepdims=True) + min_log_gate
+            nodes = np.flatnonzero(carrying.any(axis=0))
+            columns = (nodes[:, None] * n_basis + np.arange(n_basis)).ravel()
+            A = design[: (part.stop - part.start) * columns.size].reshape(-1, columns.size)
             _kernels.blended_design(
-                X[part], block_log_gates(part), centers, scales, recipe, degree,
-                min_log_gate, A,
+                X[part], np.ascontiguousarray(log_gate[:, nodes]), centers[nodes],
+                scales[nodes], recipe, degree, min_log_gate, A,
             )
             root_weight = np.sqrt(sample_weight[part])[:, None]
             A *= root_weight
-            gram += A.T @ A  # numpy sees A.T @ A and uses BLAS syrk
-            rhs += A.T @ (root_weight * Y[part])
+            # numpy sees A.T @ A and uses BLAS syrk
+            _kernels.add_to_submatrix(gram, columns, A.T @ A)
+            rhs[columns] += A.T @ (root_weight * Y[part])
         return gram, rhs
 
     return sum_row_blocks(block, X.shape[0], pool)

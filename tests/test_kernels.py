@@ -106,6 +106,37 @@ def test_blended_normal_equations_match_numpy():
         np.testing.assert_allclose(rhs[k], design[k].T @ (sw[:, None] * Y), rtol=1e-11)
 
 
+def test_dense_polish_system_matches_sparse_one():
+    """The dense polish system forms each run of rows only for the nodes
+    carrying gate in it; it must equal the block-sparse system."""
+    from skpou._experts import (
+        DESIGN_ROWS, _dense_blended_system, _sparse_blended_system,
+    )
+
+    rng = np.random.default_rng(4)
+    n, n_nodes, degree = 3 * DESIGN_ROWS + 100, 8, 2
+    X = np.sort(rng.uniform(-1, 1, (n, 1)), axis=0)  # runs of rows = slabs in x
+    Y = rng.standard_normal((n, 2))
+    sw = rng.uniform(0.5, 2.0, n)
+    logits = 12.0 * X * np.arange(n_nodes) - 6.0 * np.arange(n_nodes) ** 2 / n_nodes
+    log_gate = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    min_log_gate = -8.0
+    carrying = log_gate >= log_gate.max(axis=1, keepdims=True) + min_log_gate
+    assert not carrying[:DESIGN_ROWS].any(axis=0).all()  # columns do get dropped
+    centers = np.linspace(-1, 1, n_nodes)[:, None]
+    scales = np.full((n_nodes, 1), 0.5)
+    recipe = basis_recipe(total_degree_powers(1, degree))
+    args = (X, Y, sw, lambda rows: log_gate[rows], centers, scales, recipe, degree,
+            min_log_gate, None)
+    overlaps = np.ones((n_nodes, n_nodes), dtype=bool)
+    dense_matrix, dense_rhs = _dense_blended_system(*args)
+    sparse_matrix, sparse_rhs = _sparse_blended_system(np.triu(overlaps), *args)
+    scale = np.abs(dense_matrix).max()
+    np.testing.assert_allclose(dense_matrix, sparse_matrix.toarray(), atol=1e-12 * scale)
+    np.testing.assert_allclose(dense_rhs, sparse_rhs.reshape(dense_rhs.shape),
+                               atol=1e-12 * np.abs(dense_rhs).max())
+
+
 def _sibling_problem(n_parents=3, n_children=4, n_features=3, seed=1):
     rng = np.random.default_rng(seed)
     n = 600
