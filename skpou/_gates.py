@@ -28,6 +28,9 @@ from ._experts import ROWS_PER_BLOCK, local_frames, mirror_upper, sum_row_blocks
 
 # Parent weight below which a sample does not enter that parent's gate fit.
 MIN_PARENT_WEIGHT = 1e-10
+# Children whose probability stays below this on a whole block of rows add
+# no curvature there (see ``_kernels.softmax_newton_terms``).
+MIN_CURVATURE_PROB = 1e-12
 
 
 def child_log_gates(logits, parent_log_gate, n_children, cutoff=-np.inf):
@@ -210,7 +213,8 @@ class SoftmaxGate:
             _kernels.softmax_newton_terms(
                 G[rows], sample_weight[rows], resp[rows],
                 self._sibling_log_softmax(G[rows], theta, n_children),
-                n_children, MIN_PARENT_WEIGHT, fit, grad, curvature,
+                n_children, MIN_PARENT_WEIGHT, MIN_CURVATURE_PROB, fit, grad,
+                curvature,
             )
             return fit, grad, curvature
 

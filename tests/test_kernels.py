@@ -197,8 +197,8 @@ def test_softmax_gate_kernels_match_numpy():
     size = n_children * n_features
     curvature = np.zeros((n_parents, size, size))
     _kernels.softmax_newton_terms(
-        G, sample_weight, resp, log_prob, n_children, min_weight, fit, grad,
-        curvature,
+        G, sample_weight, resp, log_prob, n_children, min_weight, 0.0, fit,
+        grad, curvature,
     )
     _kernels.softmax_gate_objective(
         sample_weight, resp, log_prob, n_children, min_weight, objective
@@ -225,3 +225,34 @@ def test_softmax_gate_kernels_match_numpy():
         np.testing.assert_allclose(
             curvature[p], expected_curvature, rtol=1e-10, atol=1e-10
         )
+
+
+def test_newton_curvature_skips_children_far_from_a_block():
+    """Children below min_prob on a whole block of rows add no curvature
+    there; what is left out is below min_prob per row, and gradients stay."""
+    n, n_children, min_prob = 2000, 4, 1e-8
+    x = np.linspace(-1, 1, n)
+    G = np.column_stack([np.ones(n), x])
+    # sharp, ordered children: boundaries at -0.5, 0, 0.5
+    theta = 60.0 * np.column_stack([-np.abs(np.arange(4) - 1.5) * 0.5 + 0.75,
+                                    np.arange(4) - 1.5]) / 1.5
+    log_prob = _sibling_log_softmax(G @ theta.T, n_children)
+    resp = np.exp(log_prob)
+    sample_weight = np.ones(n)
+    size = n_children * 2
+    results = []
+    for threshold in (0.0, min_prob):
+        fit, grad = np.zeros(1), np.zeros((1, n_children, 2))
+        curvature = np.zeros((1, size, size))
+        _kernels.softmax_newton_terms(
+            G, sample_weight, resp, log_prob, n_children, 1e-10, threshold, fit,
+            grad, curvature,
+        )
+        results.append((fit, grad, mirror_upper(curvature)[0]))
+    (fit0, grad0, full), (fit1, grad1, skipped) = results
+    np.testing.assert_array_equal(fit0, fit1)
+    np.testing.assert_array_equal(grad0, grad1)
+    # the outer children never meet on a block: their coupling is left out
+    assert np.abs(full[0:2, 6:8]).max() > 0.0
+    assert np.all(skipped[0:2, 6:8] == 0.0)
+    np.testing.assert_allclose(skipped, full, rtol=0, atol=min_prob * n)
