@@ -181,6 +181,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Threads for assembling and solving the per-partition problems
         (``None`` means 1 unless in a :func:`joblib.parallel_config`
         context, -1 means all processors). Results do not depend on it.
+        BLAS runs single-threaded during ``fit`` and ``predict`` (the
+        estimator's own threads use the cores), so results do not depend
+        on BLAS's thread count either.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the ``"mlp"`` gate weights and the ``em_subsample`` draw; the

@@ -186,6 +186,22 @@ def test_n_jobs_gives_bit_identical_predictions():
         np.testing.assert_array_equal(serial, threaded)
 
 
+def test_blas_threads_do_not_change_the_fit():
+    # BLAS is held to one thread inside fit and predict, whatever the caller
+    # set; a polish of 12 x 28 unknowns goes through BLAS products.
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.RandomState(1)
+    X = rng.uniform(0, 1, (5000, 2))
+    y = np.exp(X[:, 0]) * np.sin(4 * X[:, 1])
+    predictions = []
+    for blas_threads in (1, 2):
+        with threadpool_limits(limits=blas_threads, user_api="blas"):
+            model = HierarchicalPOURegressor(partitions=(4, 3), degree=6, n_cycles=1)
+            predictions.append(model.fit(X, y).predict(X))
+    np.testing.assert_array_equal(*predictions)
+
+
 # ------------------------------------------------------------ feature names
 
 
