@@ -20,7 +20,7 @@ from scipy import sparse
 from scipy.linalg import cho_factor, cho_solve
 from scipy.sparse.linalg import splu
 from sklearn.utils.parallel import Parallel, delayed
-from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+from threadpoolctl import ThreadpoolController
 
 from . import _kernels
 
