@@ -31,6 +31,9 @@ MIN_PARENT_WEIGHT = 1e-10
 # Children whose probability stays below this on a whole block of rows add
 # no curvature there (see ``_kernels.softmax_newton_terms``).
 MIN_CURVATURE_PROB = 1e-12
+# A new level's softmax gates start at the best of the split's logits scaled
+# by 1, 1/4, ..., 4^-(RAY_SCALES - 1) (see ``SoftmaxGate.fit_split``).
+RAY_SCALES = 6
 
 
 def child_log_gates(logits, parent_log_gate, n_children, cutoff=-np.inf):
@@ -106,9 +109,40 @@ class SoftmaxGate:
             columns.append(X[:, i] * X[:, j])
         return np.hstack(columns)
 
-    def initial_params(self, n_parents, n_children, n_features, random_state):
-        n_gate_features = self.features(np.zeros((1, n_features))).shape[1]
-        return np.zeros((n_parents * n_children, n_gate_features))
+    def fit_split(
+        self, X, sample_weight, labels, split_logits, n_children, pool, max_iter,
+        random_state,
+    ):
+        """Gates of a new level, fitted to the split's labels.
+
+        Newton starts on the ray through the split's own affine logits
+        (quadratic terms zero), at the scale whose penalized objective is
+        best for each parent: the split's logits reproduce the labels
+        exactly but are far sharper than the penalty allows. From zero
+        logits instead, every child carries gate on every row and the
+        first Newton passes' curvature is dense. The objective is strictly
+        convex, so the start changes the work, not the optimum. Measured
+        with one thread, zero start -> this one: Runge 1-D at n = 1e5,
+        (256,) degree 3, 41.8 s -> 17.3 s (1 s per dense Newton pass);
+        Franke 2-D at n = 1e4, (16, 16), 3.5 s -> 2.7 s; sine + bump
+        (45,) initialization 0.21 s -> 0.13 s; errors unchanged.
+        """
+        n_features = split_logits.shape[1] - 1
+        n_extra = self.features(np.zeros((1, n_features))).shape[1] - split_logits.shape[1]
+        direction = np.hstack([split_logits, np.zeros((split_logits.shape[0], n_extra))])
+        # Centred over siblings: the same softmax, with the smallest penalty.
+        n_parents = direction.shape[0] // n_children
+        grouped = direction.reshape(n_parents, n_children, -1)
+        grouped -= grouped.mean(axis=1, keepdims=True)
+        G = self.features(X)
+        _, penalized = self._penalized_objective(
+            X, G, sample_weight, labels, n_children, pool
+        )
+        scales = 4.0 ** -np.arange(RAY_SCALES)
+        objectives = np.array([penalized(scale * direction) for scale in scales])
+        best = scales[np.argmax(objectives, axis=0)]  # per parent
+        theta = np.repeat(best, n_children)[:, None] * direction
+        return self.m_step(X, sample_weight, labels, theta, n_children, pool, max_iter)
 
     @staticmethod
     def _sibling_log_softmax(G, theta, n_children):
@@ -122,13 +156,13 @@ class SoftmaxGate:
         logits[:, pruned] = -np.inf
         return child_log_gates(logits, parent_log_gate, n_children, cutoff)
 
-    def m_step(
-        self, X, sample_weight, resp, theta, n_children, pool, max_iter=None
-    ):
-        G = self.features(X)
-        n_nodes, n_gate_features = theta.shape
-        n_parents = n_nodes // n_children
-        size = n_children * n_gate_features
+    def _penalized_objective(self, X, G, sample_weight, resp, n_children, pool):
+        """The ridge, and theta -> the penalized objective J_p of every parent.
+
+        Nothing per row is kept: memory stays at the responsibilities the
+        M-step is given.
+        """
+        n_parents = resp.shape[1] // n_children
         total = sample_weight.sum()
         ridge = self._sharpness_ridge(X, sample_weight, resp, n_children)
 
@@ -141,22 +175,34 @@ class SoftmaxGate:
             )
             return (fit,)
 
-        def penalty(theta):
-            return 0.5 * (ridge * theta.reshape(n_parents, size) ** 2).sum(axis=1)
+        def penalized(theta, fit=None):
+            """J_p at theta; ``fit`` (sum of s r log pi) if already known."""
+            if fit is None:
+                (fit,) = sum_row_blocks(
+                    lambda rows: block_fit(rows, theta), G.shape[0], pool
+                )
+            penalty = 0.5 * (ridge * theta.reshape(n_parents, -1) ** 2).sum(axis=1)
+            return fit / total - penalty
 
-        def penalized(theta):
-            """The penalized objective J_p of every parent (nothing per row is
-            kept: memory stays at the responsibilities the M-step is given)."""
-            (fit,) = sum_row_blocks(
-                lambda rows: block_fit(rows, theta), G.shape[0], pool
-            )
-            return fit / total - penalty(theta)
+        return ridge, penalized
+
+    def m_step(
+        self, X, sample_weight, resp, theta, n_children, pool, max_iter=None
+    ):
+        G = self.features(X)
+        n_nodes, n_gate_features = theta.shape
+        n_parents = n_nodes // n_children
+        size = n_children * n_gate_features
+        total = sample_weight.sum()
+        ridge, penalized = self._penalized_objective(
+            X, G, sample_weight, resp, n_children, pool
+        )
 
         for _ in range(self.max_iter if max_iter is None else max_iter):
             fit, grad, curvature = self._newton_terms(
                 G, theta, sample_weight, resp, n_children, pool
             )
-            objective = fit / total - penalty(theta)
+            objective = penalized(theta, fit)
             flat = theta.reshape(n_parents, size)
             grad = grad.reshape(n_parents, size) / total - ridge * flat
             curvature = curvature / total
@@ -263,7 +309,19 @@ class MLPGate:
     def _layer_sizes(self, n_features, n_children):
         return (n_features, *self.hidden_sizes, n_children)
 
-    def initial_params(self, n_parents, n_children, n_features, random_state):
+    def fit_split(
+        self, X, sample_weight, labels, split_logits, n_children, pool, max_iter,
+        random_state,
+    ):
+        """Gates of a new level, fitted to the split's labels from random
+        (Glorot) weights: a tanh network cannot start at the split's affine
+        logits."""
+        params = self._initial_params(
+            split_logits.shape[0] // n_children, n_children, X.shape[1], random_state
+        )
+        return self.m_step(X, sample_weight, labels, params, n_children, pool, max_iter)
+
+    def _initial_params(self, n_parents, n_children, n_features, random_state):
         sizes = self._layer_sizes(n_features, n_children)
         params = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):

@@ -511,14 +511,13 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._m_step_experts(data, 0, resp)
         self._m_step_noise(data, 0, resp)
         for level, n_children in enumerate(self.partitions_, start=1):
-            split = _split_along_axis(data, resp, n_children, self.degree_)
-            params = self._gate_family().initial_params(
-                resp.shape[1], n_children, data.X.shape[1], random_state
+            split, split_logits = _split_along_axis(
+                data, resp, n_children, self.degree_
             )
             self.gate_params_.append(
-                self._gate_family().m_step(
-                    data.X, data.sample_weight, split, params, n_children,
-                    self._pool, max_iter=INIT_GATE_ITER,
+                self._gate_family().fit_split(
+                    data.X, data.sample_weight, split, split_logits, n_children,
+                    self._pool, INIT_GATE_ITER, random_state,
                 )
             )
             # Release each (n_samples, n_nodes) array before the next is made:
@@ -1023,17 +1022,20 @@ def _split_along_axis(data, resp, n_children, degree):
     returned labels (n_samples, n_nodes * n_children) are the parents'
     responsibilities times a softmax whose logits are ordered in the
     projection t: logit_j = beta (j t - sum_{i<=j} q_i) changes winner at q_j.
+    Those logits are affine in x; they are returned too, one row
+    (bias, slopes) per child.
     """
     X, sw = data.X, data.sample_weight
     n_samples, n_parents = resp.shape
     labels = np.zeros((n_samples, n_parents * n_children))
+    split_logits = np.zeros((n_parents * n_children, 1 + X.shape[1]))
     steps = np.arange(n_children)
     for p in range(n_parents):
         weight = sw * resp[:, p]
         rows = weight > MIN_RESPONSIBILITY * sw
         if not rows.any():
             labels[:, p * n_children:(p + 1) * n_children] = resp[:, [p]] / n_children
-            continue
+            continue  # its children's logits stay zero
         mean = np.average(X[rows], axis=0, weights=weight[rows])
         axis = None
         if degree == 0:
@@ -1065,8 +1067,11 @@ def _split_along_axis(data, resp, n_children, degree):
         spread = np.sqrt(np.average((t[rows] - t[rows] @ weight[rows] / weight[rows].sum()) ** 2, weights=weight[rows]))
         beta = 4.0 * n_children / spread if spread > 0 else 0.0
         offsets = np.concatenate([[0.0], np.cumsum(quantiles)])
+        children = slice(p * n_children, (p + 1) * n_children)
+        split_logits[children, 0] = -beta * offsets
+        split_logits[children, 1:] = beta * np.outer(steps, axis)
         logits = beta * (np.outer(t, steps) - offsets)
-        labels[:, p * n_children:(p + 1) * n_children] = resp[:, [p]] * np.exp(
+        labels[:, children] = resp[:, [p]] * np.exp(
             child_log_gates(logits, np.zeros((X.shape[0], 1)), n_children)
         )
-    return labels
+    return labels, split_logits
