@@ -1070,7 +1070,7 @@ def _split_along_axis(data, resp, n_children, degree):
         children = slice(p * n_children, (p + 1) * n_children)
         split_logits[children, 0] = -beta * offsets
         split_logits[children, 1:] = beta * np.outer(steps, axis)
-        logits = beta * (np.outer(t, steps) - offsets)
+        logits = split_logits[children, 0] + X @ split_logits[children, 1:].T
         labels[:, children] = resp[:, [p]] * np.exp(
             child_log_gates(logits, np.zeros((X.shape[0], 1)), n_children)
         )
