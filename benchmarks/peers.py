@@ -33,6 +33,7 @@ from ._common import (
     fmt_n,
     fmt_time,
     fmt_wall_cpu,
+    pinned_to_one_cpu,
     rel_l2,
     save_figure,
     timed,
@@ -162,8 +163,9 @@ def select_configuration(X, y, grid, rows):
 
 def run(report, quick, repeats, out_dir):
     """Every method on one core: BLAS/OpenMP pools limited to one thread,
-    HierarchicalPOURegressor with n_jobs=None (one thread)."""
-    with threadpool_limits(limits=1):
+    HierarchicalPOURegressor with n_jobs=None (one thread), and the process
+    pinned to one CPU."""
+    with threadpool_limits(limits=1), pinned_to_one_cpu():
         return _run(report, quick, repeats, out_dir)
 
 
@@ -244,7 +246,8 @@ def _run(report, quick, repeats, out_dir):
         report.add(
             f"Fit time, n = {n:,}",
             "Wall time of `fit`, CPU time in parentheses (median of the "
-            "repeats; all methods on one thread, so CPU time is the figure "
+            "repeats; all methods on one thread, in a process pinned to one "
+            "CPU, so CPU time is the figure "
             "that does not depend on what else runs on the machine). KRR "
             "includes its 3-point gamma search; 'HPOU best' excludes the "
             "configuration search, listed below.",
