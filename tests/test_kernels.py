@@ -137,6 +137,60 @@ def test_dense_polish_system_matches_sparse_one():
                                atol=1e-12 * np.abs(dense_rhs).max())
 
 
+@pytest.mark.parametrize("n_features, degree", [(1, 5), (2, 3), (3, 2)])
+def test_legendre_products_and_frame_change_are_identities(n_features, degree):
+    """phi_i phi_j = sum_p C[i M + j, p] psi_p, and phi((x - c) / h) = T phi(x)."""
+    from skpou._experts import legendre_frame_change, legendre_products
+
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-1.5, 1.5, (200, n_features))  # also outside the box
+    powers = total_degree_powers(n_features, degree)
+    products, _ = legendre_products(n_features, degree)
+    phi = _basis(X, powers)
+    psi = _basis(X, total_degree_powers(n_features, 2 * degree))
+    pairwise = (phi[:, :, None] * phi[:, None, :]).reshape(X.shape[0], -1)
+    np.testing.assert_allclose(psi @ products.T, pairwise, atol=1e-11 * np.abs(pairwise).max())
+
+    centers = rng.uniform(-0.5, 0.5, (3, n_features))
+    scales = rng.uniform(0.3, 2.0, (3, n_features))
+    frame_change = legendre_frame_change(centers, scales, degree)
+    for k in range(3):
+        local = _basis((X - centers[k]) / scales[k], powers)
+        np.testing.assert_allclose(phi @ frame_change[k].T, local,
+                                   atol=1e-11 * np.abs(local).max())
+
+
+def test_moment_polish_system_matches_blas_one():
+    """The polish system from product moments equals the one from BLAS
+    products of the design rows, in two features with two targets."""
+    from skpou._experts import (
+        DESIGN_ROWS, _dense_blended_system, _moment_blended_system,
+        legendre_frame_change,
+    )
+
+    rng = np.random.default_rng(6)
+    n, n_nodes, degree = 2 * DESIGN_ROWS + 100, 5, 3
+    X = rng.uniform(-1, 1, (n, 2))
+    Y = rng.standard_normal((n, 2))
+    sw = rng.uniform(0.5, 2.0, n)
+    logits = 3.0 * X @ rng.standard_normal((2, n_nodes))
+    log_gate = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    centers = rng.uniform(-0.3, 0.3, (n_nodes, 2))
+    scales = rng.uniform(0.5, 1.0, (n_nodes, 2))
+    recipe = basis_recipe(total_degree_powers(2, degree))
+    min_log_gate = -3.0  # some gates are dropped, and must be in both
+    assert (log_gate < log_gate.max(axis=1, keepdims=True) + min_log_gate).any()
+    args = (X, Y, sw, lambda rows: log_gate[rows], centers, scales, recipe, degree,
+            min_log_gate, None)
+    blas_matrix, blas_rhs = _dense_blended_system(*args)
+    frame_change = legendre_frame_change(centers, scales, degree)
+    overlaps = np.zeros((n_nodes, n_nodes), dtype=bool)
+    _kernels.overlapping_pairs(log_gate, min_log_gate, overlaps)
+    moment_matrix, moment_rhs = _moment_blended_system(overlaps, frame_change, *args)
+    np.testing.assert_allclose(moment_matrix, blas_matrix, atol=1e-12 * np.abs(blas_matrix).max())
+    np.testing.assert_allclose(moment_rhs, blas_rhs, atol=1e-12 * np.abs(blas_rhs).max())
+
+
 def _sibling_problem(n_parents=3, n_children=4, n_features=3, seed=1):
     rng = np.random.default_rng(seed)
     n = 600
