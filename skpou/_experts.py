@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from itertools import combinations_with_replacement
+from math import comb
 
 import numpy as np
 from joblib import effective_n_jobs
@@ -115,6 +116,12 @@ def legendre_frame_change(centers, scales, degree):
     for f in range(n_features):
         frame_change *= one_d[:, f][:, powers[:, None, f], powers[None, :, f]]
     return frame_change
+
+
+def _round_off_growth(frame_change):
+    """Largest row 2-norm of any T[k]: an entry of T_k B T_l^T carries at
+    most its square times the round-off of B's entries (~ the 2-norm)."""
+    return np.sqrt(np.einsum("kij,kij->ki", frame_change, frame_change).max())
 
 
 def row_blocks(n_samples, size=ROWS_PER_BLOCK):
@@ -240,7 +247,22 @@ def mirror_upper(gram):
 def assemble_normal_equations(
     X, Y, sample_weight, resp, centers, scales, recipe, degree, min_resp, pool
 ):
-    """Per-node Gram matrices (K, M, M) and right-hand sides (K, M, T)."""
+    """Per-node Gram matrices (K, M, M) and right-hand sides (K, M, T).
+
+    From moments in the unit box (``_moment_normal_equations``) where that
+    takes fewer flops and the frames are wide enough for its round-off;
+    otherwise by the Numba kernel, which also skips negligible weights.
+    """
+    n_features = X.shape[1]
+    n_basis = recipe.shape[0]
+    # at most half the kernel's multiply-adds (~M^2 / 2 per row and node):
+    # (degree >= 3 from 3-D on, >= 4 in 2-D, >= 7 in 1-D)
+    if comb(n_features + 2 * degree, 2 * degree) <= n_basis**2 / 4:
+        frame_change = legendre_frame_change(centers, scales, degree)
+        if _round_off_growth(frame_change) <= MAX_FRAME_CHANGE:
+            return _moment_normal_equations(
+                frame_change, X, Y, sample_weight, resp, degree, min_resp, pool
+            )
 
     def block(rows):
         return block_normal_equations(
@@ -302,13 +324,15 @@ DENSE_POLISH_OVERLAP = 0.25
 DENSE_POLISH_MAX_UNKNOWNS = 8192
 # Rows of the blended design matrix formed at once by the dense path.
 DESIGN_ROWS = 1024
-# The dense polish system is formed from product moments in the unit box
-# (``_moment_blended_system``) when no expert's basis, rewritten in the box's
-# basis, has a larger 2-norm than this: round-off in the matrix then grows
-# by at most its square over the BLAS product's (~1e-10 relative). Measured
-# at n = 1e4 (predictions, moments vs BLAS products): Friedman 1 5-D
-# (norm 51) 1.9e-11 apart, 3-D tanh-cos-exp (322) 6.2e-11, Friedman 2 4-D
-# (315) 6.5e-10; Franke 2-D (8, 8) degree 5 (8.8e5, left to BLAS) 2e-5.
+# Normal equations (the experts' and the dense polish's) are formed from
+# product moments in the unit box when no expert's basis, rewritten in the
+# box's basis, has a row of larger 2-norm than this (``_round_off_growth``):
+# round-off in the matrices then grows by at most its square over a direct
+# product's (to ~1e-10 relative). Measured at n = 1e4 with defaults,
+# predictions from the moment polish against the direct one: Friedman 1
+# 5-D (largest row norm ~60) 1.9e-11 apart, 3-D tanh-cos-exp (~320) 6.2e-11,
+# Friedman 2 4-D (~310) 6.5e-10; Franke 2-D (8, 8) degree 5 (8.8e5, left
+# to the direct path) would be 2e-5 apart.
 MAX_FRAME_CHANGE = 1e3
 # Bound on the (rows, pairs) gate products the moment path forms at once.
 PAIR_PRODUCT_ENTRIES = 1 << 17
@@ -360,7 +384,7 @@ def solve_blended_least_squares(
     dense = share >= DENSE_POLISH_OVERLAP and n_nodes * n_basis <= DENSE_POLISH_MAX_UNKNOWNS
     if dense:
         frame_change = legendre_frame_change(centers, scales, degree)
-        if np.linalg.norm(frame_change, 2, axis=(1, 2)).max() <= MAX_FRAME_CHANGE:
+        if _round_off_growth(frame_change) <= MAX_FRAME_CHANGE:
             matrix, rhs = _moment_blended_system(overlaps, frame_change, *args)
         else:
             matrix, rhs = _dense_blended_system(*args)
@@ -424,63 +448,121 @@ def _dense_blended_system(
 
 
 def _moment_blended_system(
-    overlaps, frame_change, X, Y, sample_weight, block_log_gates, centers, scales, recipe,
-    degree, min_log_gate, pool,
+    overlaps, frame_change, X, Y, sample_weight, block_log_gates, centers, scales,
+    recipe, degree, min_log_gate, pool,
 ):
     """The dense system again, from product moments in the unit box.
 
     With phi_k = T_k phi (``legendre_frame_change``), the block of nodes
     (k, l) is T_k B_kl T_l^T, where B_kl = sum_d s_d pi_k pi_l phi phi^T
     depends on the data only through the moments
-    mu_kl,p = sum_d s_d pi_k pi_l psi_p of the basis of twice the degree
-    (``legendre_products``), for the overlapping pairs only. Those are BLAS
-    products of the (rows, pairs) gate products with the (rows, P) basis:
-    n K^2 P / 2 flops against n K^2 M^2 / 2, with P / M^2 = 0.15 for degree 3 in 5-D (the default)
-    and 0.13 for degree 4 in 3-D. Friedman 1 5-D at n = 1e4, one thread:
-    0.25 s -> 0.07 s. Exact up to round-off, which the frame change's norm
-    amplifies (see MAX_FRAME_CHANGE).
+    mu_kl = sum_d s_d pi_k pi_l psi of the basis of twice the degree
+    (``legendre_products``), for the overlapping pairs only: BLAS products
+    costing n K^2 P / 2 flops against n K^2 M^2 / 2, with P / M^2 = 0.15
+    for degree 3 in 5-D (the default) and 0.13 for degree 4 in 3-D.
+    Friedman 1 5-D at n = 1e4, one thread: 0.25 s -> 0.07 s. Exact up to
+    round-off, which the frame change's norm amplifies (MAX_FRAME_CHANGE).
     """
-    n_nodes, n_features = centers.shape
+    n_nodes = centers.shape[0]
     n_basis, n_targets = recipe.shape[0], Y.shape[1]
+    first, second = np.nonzero(overlaps)  # upper triangle: k <= l
+
+    def block_gates(rows):
+        log_gate = block_log_gates(rows)
+        return np.where(carries_gate(log_gate, min_log_gate), np.exp(log_gate), 0.0)
+
+    box_grams, box_rhs = _box_normal_equations(
+        X, Y, sample_weight, block_gates, first, second, degree, pool
+    )
+    pair_blocks = frame_change[first] @ box_grams @ np.swapaxes(frame_change[second], 1, 2)
+    matrix = np.zeros((n_nodes, n_basis, n_nodes, n_basis))
+    matrix[second, :, first, :] = np.swapaxes(pair_blocks, 1, 2)
+    matrix[first, :, second, :] = pair_blocks
+    size = n_nodes * n_basis
+    return matrix.reshape(size, size), (frame_change @ box_rhs).reshape(size, n_targets)
+
+
+def _moment_normal_equations(
+    frame_change, X, Y, sample_weight, resp, degree, min_resp, pool
+):
+    """``assemble_normal_equations`` from moments in the unit box.
+
+    Node k's Gram matrix is T_k B_k T_k^T with B_k = sum_d s_d w_dk phi
+    phi^T, from the moments sum_d s_d w_dk psi: one BLAS product of the
+    (rows, K) responsibilities with the (rows, P) basis, where the kernel
+    does n K M^2 / 2 multiply-adds (see ``_moment_blended_system``).
+    """
+    n_nodes = resp.shape[1]
+    ones = np.ones((DESIGN_ROWS, 1))
+
+    def block_weights(rows):
+        weights = resp[rows]
+        weights = np.where(weights > min_resp, weights, 0.0)
+        # a column of ones: its "pair" with node k gives k's own moments
+        return np.hstack([weights, ones[: weights.shape[0]]])
+
+    nodes = np.arange(n_nodes)
+    box_grams, box_rhs = _box_normal_equations(
+        X, Y, sample_weight, block_weights, nodes, np.full(n_nodes, n_nodes),
+        degree, pool,
+    )
+    gram = frame_change @ box_grams @ np.swapaxes(frame_change, 1, 2)
+    return _symmetric(gram), frame_change @ box_rhs[:n_nodes]
+
+
+def _box_normal_equations(
+    X, Y, sample_weight, block_weights, first, second, degree, pool
+):
+    """Normal equations in the unit box's basis phi, for weights w = block_weights(rows):
+
+        grams[p] = sum_d s_d w_d,first[p] w_d,second[p] phi(x_d) phi(x_d)^T
+        rhs[k]   = sum_d s_d w_dk phi(x_d) y_d^T
+
+    Shapes (pairs, M, M) and (columns of w, M, T). The Gram matrices come
+    from the moments of the basis psi of twice the degree (whose first M
+    functions are phi) through ``legendre_products``; the diagonal pairs'
+    are symmetrized.
+    """
+    n_samples, n_features = X.shape
+    n_targets = Y.shape[1]
     products, product_recipe = legendre_products(n_features, degree)
     n_products = product_recipe.shape[0]
-    first, second = np.nonzero(overlaps)  # upper triangle: k <= l
-    # pairs whose (rows, pairs) gate products are formed at once
+    n_basis = comb(n_features + degree, degree)
+    # pairs whose (rows, pairs) weight products are formed at once
     pair_chunks = row_blocks(first.size, max(1, PAIR_PRODUCT_ENTRIES // DESIGN_ROWS))
     box_center, box_scale = np.zeros(n_features), np.ones(n_features)
 
     def block(rows):
         moments = np.zeros((first.size, n_products))
-        rhs = np.zeros((n_basis, n_nodes * n_targets))
+        rhs = 0.0  # an array from the first run of rows on
         psi = np.empty((n_products, DESIGN_ROWS))
         local = np.empty((n_features, 2 * degree + 1, DESIGN_ROWS))
         for start in range(rows.start, rows.stop, DESIGN_ROWS):
-            part = np.arange(start, min(start + DESIGN_ROWS, rows.stop))
-            log_gate = block_log_gates(slice(part[0], part[-1] + 1))
-            gate = np.where(carries_gate(log_gate, min_log_gate), np.exp(log_gate), 0.0)
-            weighted_psi = psi[:, : part.size]
+            part = slice(start, min(start + DESIGN_ROWS, rows.stop))
+            weights = block_weights(part)
+            n_part = weights.shape[0]
+            weighted_psi = psi[:, :n_part]
             _kernels.basis_columns(
-                X, part, box_center, box_scale, product_recipe, 2 * degree,
-                sample_weight[part], local, weighted_psi,
+                X, np.arange(part.start, part.stop), box_center, box_scale,
+                product_recipe, 2 * degree, sample_weight[part], local, weighted_psi,
             )
             for pairs in pair_chunks:
-                gate_products = gate[:, first[pairs]] * gate[:, second[pairs]]
-                moments[pairs] += gate_products.T @ weighted_psi.T
-            gated_Y = gate[:, :, None] * Y[part][:, None, :]
-            rhs += weighted_psi[:n_basis] @ gated_Y.reshape(part.size, -1)
+                weight_products = weights[:, first[pairs]] * weights[:, second[pairs]]
+                moments[pairs] += weight_products.T @ weighted_psi.T
+            weighted_Y = (weights[:, :, None] * Y[part][:, None, :]).reshape(n_part, -1)
+            rhs = rhs + weighted_psi[:n_basis] @ weighted_Y
         return moments, rhs
 
-    moments, rhs = sum_row_blocks(block, X.shape[0], pool)
-    B = (products @ moments.T).T.reshape(-1, n_basis, n_basis)
-    pair_blocks = frame_change[first] @ B @ np.swapaxes(frame_change[second], 1, 2)
+    moments, rhs = sum_row_blocks(block, n_samples, pool)
+    grams = (products @ moments.T).T.reshape(-1, n_basis, n_basis)
     diagonal = first == second
-    pair_blocks[diagonal] = 0.5 * (pair_blocks[diagonal] + np.swapaxes(pair_blocks[diagonal], 1, 2))
-    matrix = np.zeros((n_nodes, n_basis, n_nodes, n_basis))
-    matrix[second, :, first, :] = np.swapaxes(pair_blocks, 1, 2)
-    matrix[first, :, second, :] = pair_blocks
-    rhs = frame_change @ rhs.reshape(n_basis, n_nodes, n_targets).transpose(1, 0, 2)
-    size = n_nodes * n_basis
-    return matrix.reshape(size, size), rhs.reshape(size, n_targets)
+    grams[diagonal] = _symmetric(grams[diagonal])
+    return grams, rhs.reshape(n_basis, -1, n_targets).transpose(1, 0, 2)
+
+
+def _symmetric(matrices):
+    """Stacked matrices made exactly symmetric (round-off breaks it slightly)."""
+    return 0.5 * (matrices + np.swapaxes(matrices, 1, 2))
 
 
 def carries_gate(log_gate, min_log_gate):

@@ -191,6 +191,38 @@ def test_moment_polish_system_matches_blas_one():
     np.testing.assert_allclose(moment_rhs, blas_rhs, atol=1e-12 * np.abs(blas_rhs).max())
 
 
+@pytest.mark.parametrize("n_features, degree", [(2, 4), (3, 3)])
+def test_moment_normal_equations_match_kernel(n_features, degree):
+    """Each node's normal equations from moments in the unit box equal the
+    kernel's, negligible responsibilities dropped by both."""
+    from skpou._experts import (
+        _moment_normal_equations, assemble_normal_equations,
+        legendre_frame_change,
+    )
+
+    X, Y, sw, log_gate, centers, scales, powers = _problem(n_features, degree, 5)
+    resp = np.exp(log_gate)
+    min_resp = 1e-3
+    assert (resp <= min_resp).mean() > 0.1
+    recipe = basis_recipe(powers)
+    frame_change = legendre_frame_change(centers, scales, degree)
+    gram, rhs = _moment_normal_equations(
+        frame_change, X, Y, sw, resp, degree, min_resp, None
+    )
+    kernel_gram = np.zeros_like(gram)
+    kernel_rhs = np.zeros_like(rhs)
+    _kernels.normal_equations(X, Y, sw, resp, centers, scales, recipe, degree,
+                              min_resp, kernel_gram, kernel_rhs)
+    kernel_gram = mirror_upper(kernel_gram)
+    np.testing.assert_allclose(gram, kernel_gram, atol=1e-12 * np.abs(kernel_gram).max())
+    np.testing.assert_allclose(rhs, kernel_rhs, atol=1e-12 * np.abs(kernel_rhs).max())
+    # and the dispatcher takes this path here (frames as wide as the box)
+    dispatched, _ = assemble_normal_equations(
+        X, Y, sw, resp, centers, scales, recipe, degree, min_resp, None
+    )
+    np.testing.assert_array_equal(dispatched, gram)
+
+
 def _sibling_problem(n_parents=3, n_children=4, n_features=3, seed=1):
     rng = np.random.default_rng(seed)
     n = 600
