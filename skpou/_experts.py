@@ -83,8 +83,9 @@ def legendre_products(n_features, degree):
     q = _orthonormal_legendre(2 * degree, nodes)
     a, b, c = np.ogrid[: degree + 1, : degree + 1, : 2 * degree + 1]
     allowed = ((a + b + c) % 2 == 0) & (c <= a + b) & (a <= b + c) & (b <= a + c)
+    low = q[: degree + 1]
     linearization = np.where(
-        allowed, np.einsum("ag,bg,cg,g->abc", q[: degree + 1], q[: degree + 1], q, weights / 2), 0.0
+        allowed, np.einsum("ag,bg,cg,g->abc", low, low, q, weights / 2), 0.0
     )
     rows = []
     for row in powers:
@@ -118,7 +119,7 @@ def legendre_frame_change(centers, scales, degree):
     return frame_change
 
 
-def _round_off_growth(frame_change):
+def _largest_row_norm(frame_change):
     """Largest row 2-norm of any T[k]: an entry of T_k B T_l^T carries at
     most its square times the round-off of B's entries (~ the 2-norm)."""
     return np.sqrt(np.einsum("kij,kij->ki", frame_change, frame_change).max())
@@ -259,7 +260,7 @@ def assemble_normal_equations(
     # (degree >= 3 from 3-D on, >= 4 in 2-D, >= 7 in 1-D)
     if comb(n_features + 2 * degree, 2 * degree) <= n_basis**2 / 4:
         frame_change = legendre_frame_change(centers, scales, degree)
-        if _round_off_growth(frame_change) <= MAX_FRAME_CHANGE:
+        if _largest_row_norm(frame_change) <= MAX_FRAME_CHANGE:
             return _moment_normal_equations(
                 frame_change, X, Y, sample_weight, resp, degree, min_resp, pool
             )
@@ -326,7 +327,7 @@ DENSE_POLISH_MAX_UNKNOWNS = 8192
 DESIGN_ROWS = 1024
 # Normal equations (the experts' and the dense polish's) are formed from
 # product moments in the unit box when no expert's basis, rewritten in the
-# box's basis, has a row of larger 2-norm than this (``_round_off_growth``):
+# box's basis, has a row of larger 2-norm than this (``_largest_row_norm``):
 # round-off in the matrices then grows by at most its square over a direct
 # product's (to ~1e-10 relative). Measured at n = 1e4 with defaults,
 # predictions from the moment polish against the direct one: Friedman 1
@@ -384,7 +385,7 @@ def solve_blended_least_squares(
     dense = share >= DENSE_POLISH_OVERLAP and n_nodes * n_basis <= DENSE_POLISH_MAX_UNKNOWNS
     if dense:
         frame_change = legendre_frame_change(centers, scales, degree)
-        if _round_off_growth(frame_change) <= MAX_FRAME_CHANGE:
+        if _largest_row_norm(frame_change) <= MAX_FRAME_CHANGE:
             matrix, rhs = _moment_blended_system(overlaps, frame_change, *args)
         else:
             matrix, rhs = _dense_blended_system(*args)
