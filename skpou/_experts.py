@@ -119,10 +119,23 @@ def legendre_frame_change(centers, scales, degree):
     return frame_change
 
 
-def _largest_row_norm(frame_change):
-    """Largest row 2-norm of any T[k]: an entry of T_k B T_l^T carries at
-    most its square times the round-off of B's entries (~ the 2-norm)."""
-    return np.sqrt(np.einsum("kij,kij->ki", frame_change, frame_change).max())
+def _frame_change_for_moments(centers, scales, degree):
+    """The frame change, if normal equations are best formed from moments.
+
+    Moments pay where they take at most half the multiply-adds of direct
+    products (P <= M^2 / 4: degree >= 3 from 3-D on, >= 4 in 2-D, >= 7 in
+    1-D) and the frames are wide enough for their round-off: no row of any
+    T[k] has a 2-norm above MAX_FRAME_CHANGE (an entry of T_k B T_l^T
+    carries at most the square of that times the round-off of B's). None
+    otherwise.
+    """
+    n_features = centers.shape[1]
+    n_basis = comb(n_features + degree, degree)
+    if comb(n_features + 2 * degree, 2 * degree) > n_basis**2 / 4:
+        return None
+    frame_change = legendre_frame_change(centers, scales, degree)
+    largest_row_norm = np.sqrt(np.einsum("kij,kij->ki", frame_change, frame_change).max())
+    return frame_change if largest_row_norm <= MAX_FRAME_CHANGE else None
 
 
 def row_blocks(n_samples, size=ROWS_PER_BLOCK):
@@ -254,16 +267,11 @@ def assemble_normal_equations(
     takes fewer flops and the frames are wide enough for its round-off;
     otherwise by the Numba kernel, which also skips negligible weights.
     """
-    n_features = X.shape[1]
-    n_basis = recipe.shape[0]
-    # at most half the kernel's multiply-adds (~M^2 / 2 per row and node):
-    # (degree >= 3 from 3-D on, >= 4 in 2-D, >= 7 in 1-D)
-    if comb(n_features + 2 * degree, 2 * degree) <= n_basis**2 / 4:
-        frame_change = legendre_frame_change(centers, scales, degree)
-        if _largest_row_norm(frame_change) <= MAX_FRAME_CHANGE:
-            return _moment_normal_equations(
-                frame_change, X, Y, sample_weight, resp, degree, min_resp, pool
-            )
+    frame_change = _frame_change_for_moments(centers, scales, degree)
+    if frame_change is not None:
+        return _moment_normal_equations(
+            frame_change, X, Y, sample_weight, resp, degree, min_resp, pool
+        )
 
     def block(rows):
         return block_normal_equations(
@@ -326,10 +334,11 @@ DENSE_POLISH_MAX_UNKNOWNS = 8192
 # Rows of the blended design matrix formed at once by the dense path.
 DESIGN_ROWS = 1024
 # Normal equations (the experts' and the dense polish's) are formed from
-# product moments in the unit box when no expert's basis, rewritten in the
-# box's basis, has a row of larger 2-norm than this (``_largest_row_norm``):
-# round-off in the matrices then grows by at most its square over a direct
-# product's (to ~1e-10 relative). Measured at n = 1e4 with defaults,
+# product moments in the unit box only when no expert's basis, rewritten in
+# the box's basis, has a row of larger 2-norm than this (and moments save
+# flops: ``_frame_change_for_moments``). Round-off in the matrices then
+# grows by at most its square over a direct product's (to ~1e-10
+# relative). Measured at n = 1e4 with defaults,
 # predictions from the moment polish against the direct one: Friedman 1
 # 5-D (largest row norm ~60) 1.9e-11 apart, 3-D tanh-cos-exp (~320) 6.2e-11,
 # Friedman 2 4-D (~310) 6.5e-10; Franke 2-D (8, 8) degree 5 (8.8e5, left
@@ -384,8 +393,8 @@ def solve_blended_least_squares(
             degree, min_log_gate, pool)
     dense = share >= DENSE_POLISH_OVERLAP and n_nodes * n_basis <= DENSE_POLISH_MAX_UNKNOWNS
     if dense:
-        frame_change = legendre_frame_change(centers, scales, degree)
-        if _largest_row_norm(frame_change) <= MAX_FRAME_CHANGE:
+        frame_change = _frame_change_for_moments(centers, scales, degree)
+        if frame_change is not None:
             matrix, rhs = _moment_blended_system(overlaps, frame_change, *args)
         else:
             matrix, rhs = _dense_blended_system(*args)
