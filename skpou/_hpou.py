@@ -377,6 +377,12 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
+        weighted = sample_weight > 0
+        if not weighted.all():
+            # A row without weight takes no part in the fit, as if removed;
+            # kept, one far outside the weighted rows' box would overflow
+            # the bases there (0 * inf) and break the fit.
+            X, y, sample_weight = X[weighted], y[weighted], sample_weight[weighted]
         # Rows in a canonical order: floating-point sums, and so the fit,
         # then do not depend on how the caller ordered the rows. Equal rows
         # end up next to each other, so distinct ones are counted in passing.

@@ -227,6 +227,22 @@ def test_sparse_input_is_rejected_clearly(fitted, data, container):
         fitted.predict(container(X))
 
 
+@pytest.mark.parametrize("n_features, far", [(3, 1e200), (5, 1e100)])
+def test_zero_weight_rows_are_ignored_wherever_they_are(n_features, far):
+    # A zero weight removes a row. Kept, rows far outside the weighted rows'
+    # box overflowed the bases (0 * inf) and broke the fit (an eigensolver
+    # error in 3-D, a division by zero in 5-D).
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (1000, n_features))
+    y = np.sin(X.sum(axis=1))
+    weight = np.ones(1000)
+    X[:5], weight[:5] = far, 0.0
+    model = HierarchicalPOURegressor(partitions=(2, 2))
+    with_ignored = model.fit(X, y, sample_weight=weight).predict(X[5:])
+    without = clone(model).fit(X[5:], y[5:]).predict(X[5:])
+    np.testing.assert_array_equal(with_ignored, without)
+
+
 @pytest.mark.parametrize(
     "weight, message",
     [
