@@ -868,6 +868,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 pool=pool,
             )
         mean = mean * self.y_scale_ + self.y_offset_
+        _check_extrapolation_finite(mean, X, self.x_offset_, self.x_scale_)
         if self._y_was_1d:
             mean, variance = mean[:, 0], variance[:, 0]
         if not return_std:
@@ -971,6 +972,20 @@ def _numeric_finite_targets(y):
     if not np.all(np.isfinite(y)):
         raise ValueError("Input y contains NaN or infinity.")
     return y
+
+
+def _check_extrapolation_finite(mean, X, x_offset, x_scale):
+    """ValueError where polynomial extrapolation overflowed (finite inputs far
+    outside the training range), rather than inf or NaN predictions."""
+    overflowed = ~np.isfinite(mean).all(axis=1)
+    if overflowed.any():
+        distance = np.abs((X[overflowed] - x_offset) / x_scale).max()
+        raise ValueError(
+            f"Predictions overflow for {int(overflowed.sum())} of {X.shape[0]} "
+            f"rows: they lie up to {distance:.3g} half-ranges of the training "
+            "inputs from their centre, where the polynomial experts' "
+            "extrapolation exceeds the float range."
+        )
 
 
 def _auto_degree(n_features, n_samples):

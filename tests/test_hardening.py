@@ -243,6 +243,18 @@ def test_zero_weight_rows_are_ignored_wherever_they_are(n_features, far):
     np.testing.assert_array_equal(with_ignored, without)
 
 
+def test_overflowing_extrapolation_is_an_error_not_nan():
+    # Far enough outside the training range the experts' polynomials exceed
+    # the float range; predict said inf or NaN there.
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (500, 3))
+    model = HierarchicalPOURegressor(partitions=(2, 2)).fit(X, np.sin(X.sum(axis=1)))
+    near = model.predict(np.full((1, 3), 3.0))  # extrapolates, finitely
+    assert np.isfinite(near).all()
+    with pytest.raises(ValueError, match="overflow for 1 of 2 rows"):
+        model.predict(np.vstack([X[:1], np.full((1, 3), 1e200)]))
+
+
 @pytest.mark.parametrize(
     "weight, message",
     [
