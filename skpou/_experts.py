@@ -482,7 +482,7 @@ def _moment_blended_system(
         return np.where(carries_gate(log_gate, min_log_gate), np.exp(log_gate), 0.0)
 
     box_grams, box_rhs = _box_normal_equations(
-        X, Y, sample_weight, block_gates, first, second, degree, pool
+        X, Y, sample_weight, block_gates, degree, pool, pairs=(first, second)
     )
     pair_blocks = frame_change[first] @ box_grams @ np.swapaxes(frame_change[second], 1, 2)
     matrix = np.zeros((n_nodes, n_basis, n_nodes, n_basis))
@@ -502,49 +502,46 @@ def _moment_normal_equations(
     (rows, K) responsibilities with the (rows, P) basis, where the kernel
     does n K M^2 / 2 multiply-adds (see ``_moment_blended_system``).
     """
-    n_nodes = resp.shape[1]
-    ones = np.ones((DESIGN_ROWS, 1))
 
     def block_weights(rows):
         weights = resp[rows]
-        weights = np.where(weights > min_resp, weights, 0.0)
-        # a column of ones: its "pair" with node k gives k's own moments
-        return np.hstack([weights, ones[: weights.shape[0]]])
+        return np.where(weights > min_resp, weights, 0.0)
 
-    nodes = np.arange(n_nodes)
     box_grams, box_rhs = _box_normal_equations(
-        X, Y, sample_weight, block_weights, nodes, np.full(n_nodes, n_nodes),
-        degree, pool,
+        X, Y, sample_weight, block_weights, degree, pool
     )
     gram = frame_change @ box_grams @ np.swapaxes(frame_change, 1, 2)
-    return _symmetric(gram), frame_change @ box_rhs[:n_nodes]
+    return _symmetric(gram), frame_change @ box_rhs
 
 
 def _box_normal_equations(
-    X, Y, sample_weight, block_weights, first, second, degree, pool
+    X, Y, sample_weight, block_weights, degree, pool, pairs=None
 ):
     """Normal equations in the unit box's basis phi, for weights w = block_weights(rows):
 
+        grams[k] = sum_d s_d w_dk phi(x_d) phi(x_d)^T           (pairs None)
         grams[p] = sum_d s_d w_d,first[p] w_d,second[p] phi(x_d) phi(x_d)^T
         rhs[k]   = sum_d s_d w_dk phi(x_d) y_d^T
 
-    Shapes (pairs, M, M) and (columns of w, M, T). The Gram matrices come
-    from the moments of the basis psi of twice the degree (whose first M
-    functions are phi) through ``legendre_products``; the diagonal pairs'
-    are symmetrized.
+    for the columns k of w, or the pairs = (first, second) of columns.
+    Shapes (K or pairs, M, M) and (K, M, T). The Gram matrices come from
+    the moments of the basis psi of twice the degree (whose first M
+    functions are phi) through ``legendre_products``; those of a column
+    with itself are symmetrized.
     """
     n_samples, n_features = X.shape
     n_targets = Y.shape[1]
     products, product_recipe = legendre_products(n_features, degree)
     n_products = product_recipe.shape[0]
     n_basis = comb(n_features + degree, degree)
-    # pairs whose (rows, pairs) weight products are formed at once
-    pair_chunks = row_blocks(first.size, max(1, PAIR_PRODUCT_ENTRIES // DESIGN_ROWS))
+    if pairs is not None:
+        first, second = pairs
+        # pairs whose (rows, pairs) weight products are formed at once
+        pair_chunks = row_blocks(first.size, max(1, PAIR_PRODUCT_ENTRIES // DESIGN_ROWS))
     box_center, box_scale = np.zeros(n_features), np.ones(n_features)
 
     def block(rows):
-        moments = np.zeros((first.size, n_products))
-        rhs = 0.0  # an array from the first run of rows on
+        moments = rhs = 0.0  # arrays from the first run of rows on
         psi = np.empty((n_products, DESIGN_ROWS))
         local = np.empty((n_features, 2 * degree + 1, DESIGN_ROWS))
         for start in range(rows.start, rows.stop, DESIGN_ROWS):
@@ -556,18 +553,28 @@ def _box_normal_equations(
                 X, np.arange(part.start, part.stop), box_center, box_scale,
                 product_recipe, 2 * degree, sample_weight[part], local, weighted_psi,
             )
-            for pairs in pair_chunks:
-                weight_products = weights[:, first[pairs]] * weights[:, second[pairs]]
-                moments[pairs] += weight_products.T @ weighted_psi.T
+            if pairs is None:
+                moments = moments + weights.T @ weighted_psi.T
+            else:
+                moments = moments + _pair_moments(weights, first, second, pair_chunks, weighted_psi)
             weighted_Y = (weights[:, :, None] * Y[part][:, None, :]).reshape(n_part, -1)
             rhs = rhs + weighted_psi[:n_basis] @ weighted_Y
         return moments, rhs
 
     moments, rhs = sum_row_blocks(block, n_samples, pool)
     grams = (products @ moments.T).T.reshape(-1, n_basis, n_basis)
-    diagonal = first == second
+    diagonal = slice(None) if pairs is None else first == second
     grams[diagonal] = _symmetric(grams[diagonal])
     return grams, rhs.reshape(n_basis, -1, n_targets).transpose(1, 0, 2)
+
+
+def _pair_moments(weights, first, second, pair_chunks, weighted_psi):
+    """sum over rows of w_first[p] w_second[p] psi, a chunk of pairs at a time."""
+    moments = np.empty((first.size, weighted_psi.shape[0]))
+    for chunk in pair_chunks:
+        products = weights[:, first[chunk]] * weights[:, second[chunk]]
+        moments[chunk] = products.T @ weighted_psi.T
+    return moments
 
 
 def _symmetric(matrices):
