@@ -338,11 +338,11 @@ DESIGN_ROWS = 1024
 # the box's basis, has a row of larger 2-norm than this (and moments save
 # flops: ``_frame_change_for_moments``). Round-off in the matrices then
 # grows by at most its square over a direct product's (to ~1e-10
-# relative). Measured at n = 1e4 with defaults,
-# predictions from the moment polish against the direct one: Friedman 1
-# 5-D (largest row norm ~60) 1.9e-11 apart, 3-D tanh-cos-exp (~320) 6.2e-11,
-# Friedman 2 4-D (~310) 6.5e-10; Franke 2-D (8, 8) degree 5 (8.8e5, left
-# to the direct path) would be 2e-5 apart.
+# relative). Measured at n = 1e4 with defaults, predictions from the moment
+# polish against the direct one: Friedman 1 5-D (largest row norm ~60)
+# 1.9e-11 apart, 3-D tanh-cos-exp (~320) 6.2e-11, Friedman 2 4-D (~310)
+# 6.5e-10; Franke 2-D (8, 8) degree 5 (8.8e5, left to the direct path)
+# would be 2e-5 apart.
 MAX_FRAME_CHANGE = 1e3
 # Bound on the (rows, pairs) gate products the moment path forms at once.
 PAIR_PRODUCT_ENTRIES = 1 << 17
