@@ -68,8 +68,7 @@ def place_boundaries_at_crossings(model, data):
     ``model.gate_params_`` in place and returns how many boundaries moved.
     """
     level = len(model.partitions_)
-    weighted = np.flatnonzero(data.sample_weight > 0)
-    rows = weighted[np.argsort(data.X[weighted, 0], kind="stable")]
+    rows = np.argsort(data.X[:, 0], kind="stable")
     X, Y, weight = data.X[rows], data.Y[rows], data.sample_weight[rows]
     winner = _winners(model, X, level)
 

@@ -364,7 +364,6 @@ class MLPGate:
         for p in range(n_parents):
             labels = resp[:, p * n_children:(p + 1) * n_children]
             rows = labels.sum(axis=1) > MIN_PARENT_WEIGHT
-            rows &= sample_weight > 0
             own = tuple(param[p:p + 1] for param in params)
             jobs.append(
                 (X[rows], sample_weight[rows] / total, labels[rows], own,

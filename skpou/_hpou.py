@@ -390,7 +390,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
         X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
         weight_sorted = sample_weight[order]
-        n_distinct = _count_distinct_weighted_rows(X_scaled, weight_sorted)
+        n_distinct = _count_distinct_rows(X_scaled)
         if self.degree == "auto":
             self.degree_ = _auto_degree(X.shape[1], n_distinct)
         else:
@@ -915,18 +915,17 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         return make_gate(self.gate, self.gate_hidden_sizes, self.gate_alpha_)
 
     def _fit_scaling(self, X, Y, sample_weight):
-        """Inputs to [-1, 1] over the weighted rows; targets standardized.
+        """Inputs to [-1, 1]; targets standardized.
 
         Both are computed without overflow for values up to the float range
         (halves before differences, magnitudes divided out before squares).
         """
-        weighted = sample_weight > 0
-        low = X[weighted].min(axis=0)
-        high = X[weighted].max(axis=0)
+        low = X.min(axis=0)
+        high = X.max(axis=0)
         half_range = high / 2.0 - low / 2.0
         self.x_offset_ = low + half_range
         self.x_scale_ = np.where(half_range > 0, half_range, 1.0)
-        magnitude = np.abs(Y[weighted]).max(axis=0)
+        magnitude = np.abs(Y).max(axis=0)
         magnitude = np.where(magnitude > 0, magnitude, 1.0)
         unit = Y / magnitude
         offset = np.average(unit, axis=0, weights=sample_weight)
@@ -949,7 +948,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
 
 class _TrainingData:
-    """Scaled training arrays, passed together through the EM steps."""
+    """Scaled training arrays, passed together through the EM steps.
+
+    Every row has positive weight: ``fit`` drops the others first.
+    """
 
     __slots__ = ("X", "Y", "sample_weight")
 
@@ -998,13 +1000,9 @@ def _auto_degree(n_features, n_samples):
     return 0
 
 
-def _count_distinct_weighted_rows(X_sorted, weight_sorted):
-    """Distinct rows with positive weight, of rows sorted so equal ones are adjacent."""
-    weighted = weight_sorted > 0
-    rows = X_sorted if weighted.all() else X_sorted[weighted]
-    if rows.shape[0] == 0:
-        return 0
-    return 1 + int(np.count_nonzero((rows[1:] != rows[:-1]).any(axis=1)))
+def _count_distinct_rows(X_sorted):
+    """Distinct rows, of rows sorted so equal ones are adjacent (at least one)."""
+    return 1 + int(np.count_nonzero((X_sorted[1:] != X_sorted[:-1]).any(axis=1)))
 
 
 def _auto_gate_alpha(gate, n_features):
