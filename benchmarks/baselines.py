@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from skpou._experts import total_degree_powers
+from skpou._basis import total_degree_powers
 
 
 class PiecewisePolynomialGrid:

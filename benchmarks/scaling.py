@@ -11,7 +11,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from skpou import HierarchicalPOURegressor
-from skpou._experts import basis_recipe
+from skpou._basis import basis_recipe
 
 from . import problems as P
 from ._common import ROOT, fmt_bytes, fmt_err, fmt_n, fmt_time, rel_l2, save_figure, timed
@@ -302,7 +302,7 @@ def run(report, quick, repeats, out_dir):
     kernel_rows = kernel_throughput(cfg["kernel_n"], repeats)
     report.add(
         "Normal-equation assembly: Numba kernel vs BLAS",
-        "`skpou._kernels.normal_equations` (one thread, includes evaluating "
+        "`skpou._kernels.experts.normal_equations` (one thread, includes evaluating "
         "each node's local Legendre basis) against numpy on one BLAS thread "
         "(threadpoolctl): for each node, (sqrt(w) Phi).T @ (sqrt(w) Phi) and "
         "(sqrt(w) Phi).T @ (sqrt(w) y) on that node's active rows, with the "
@@ -346,7 +346,7 @@ def legendre_basis(Z, powers, degree):
 
 
 def _kernel_case(n, d, degree, K, sparse, seed=0):
-    from skpou._experts import total_degree_powers
+    from skpou._basis import total_degree_powers
 
     rng = np.random.default_rng(seed)
     X = rng.uniform(-1, 1, (n, d))
@@ -370,7 +370,7 @@ def _kernel_case(n, d, degree, K, sparse, seed=0):
 
 
 def kernel_throughput(n, repeats):
-    from skpou import _kernels
+    from skpou._kernels import experts as _kernels
 
     min_resp = 1e-12
     cases = [("1-D deg 3", 1, 3, 32), ("2-D deg 3", 2, 3, 32),

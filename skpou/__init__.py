@@ -1,6 +1,6 @@
 """skpou: hierarchical partition of unity networks for scikit-learn."""
 
-from ._hpou import HierarchicalPOURegressor
+from ._estimator import HierarchicalPOURegressor
 
 __all__ = ["HierarchicalPOURegressor"]
 __version__ = "0.1.0"

@@ -1,9 +1,11 @@
 """Gates: the conditional partition probabilities pi_{j|parent}(x).
 
-One gate object serves a whole level of the tree: the level's columns come in
-groups of ``n_children`` siblings, one group per parent node, and each
-parent's gate is a softmax over its children. The gate M-step maximises the
-soft-label cross-entropy
+One gate object (a *gate family*: settings only, parameters are plain numpy
+arrays) serves every level of the tree. A level's nodes come in groups of
+siblings, one group per parent node, contiguous: parent p's children are
+the nodes child_start[p]:child_start[p + 1], and each parent's gate is a
+softmax over its children (a parent with one child passes its gate on).
+The gate M-step maximises the soft-label cross-entropy
 
     J_p(theta_p) = sum_d s_d sum_j r_dj log pi_{j|p}(x_d; theta_p)
 
@@ -16,53 +18,118 @@ small, smooth problem that a second-order method solves in a few steps.
 - :class:`MLPGate`: the paper's tanh MLP with softmax output, fitted parent
   by parent with scipy's L-BFGS.
 
-Parameters are plain numpy arrays; gate objects only hold settings.
+Every family implements the protocol :class:`GateFamily`.
 """
+
+from typing import Protocol
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from . import _kernels
-from ._experts import ROWS_PER_BLOCK, local_frames, mirror_upper, sum_row_blocks
+from ._basis import local_frames
+from ._experts import mirror_upper
+from ._kernels import gates as _kernels
+from ._parallel import ROWS_PER_BLOCK
 
 # Parent weight below which a sample does not enter that parent's gate fit.
 MIN_PARENT_WEIGHT = 1e-10
 # Children whose probability stays below this on a whole block of rows add
-# no curvature there (see ``_kernels.softmax_newton_terms``).
+# no curvature there (see ``_kernels.gates.softmax_newton_terms``).
 MIN_CURVATURE_PROB = 1e-12
 # A new level's softmax gates start at the best of the split's logits scaled
 # by 1, 1/4, ..., 4^-(RAY_SCALES - 1) (see ``SoftmaxGate.fit_split``).
 RAY_SCALES = 6
 
 
-def child_log_gates(logits, parent_log_gate, n_children, cutoff=-np.inf):
+class GateFamily(Protocol):
+    """What the multilevel EM asks of a gate family.
+
+    ``params`` are one level's gate parameters; ``child_start`` (n_parents
+    + 1,) delimits its sibling groups; ``threads`` is a
+    ``skpou._parallel.Threads``.
+    """
+
+    def fit_split(self, X, sample_weight, labels, split_logits, child_start,
+                  threads, max_iter, random_state):
+        """Parameters of a new level's gates, fitted to soft labels (n, K)
+        from a split whose affine logits (K, 1 + n_features) are given."""
+
+    def child_log_gates(self, X, params, parent_log_gate, child_start, pruned, cutoff):
+        """log pi of every node of the level (n, K), given the parents'."""
+
+    def m_step(self, X, sample_weight, resp, params, child_start, threads, max_iter=None):
+        """New parameters that increase sum_p J_p for responsibilities (n, K)."""
+
+
+def make_gate(kind, hidden_sizes, ridge):
+    """The gate family named by the estimator's ``gate`` parameter."""
+    if kind == "linear":
+        return SoftmaxGate(order=1, ridge=ridge)
+    if kind == "quadratic":
+        return SoftmaxGate(order=2, ridge=ridge)
+    if kind == "mlp":
+        return MLPGate(hidden_sizes=hidden_sizes, ridge=ridge)
+    raise ValueError(f"Unknown gate family {kind!r}: expected 'linear', 'quadratic' or 'mlp'.")
+
+
+def child_log_gates(logits, parent_log_gate, child_start, cutoff=-np.inf):
     """log pi_child = log pi_parent + log-softmax of the logits over siblings.
 
-    ``logits`` (n_samples, n_parents * n_children) come in consecutive
-    groups of siblings; a -inf logit switches a child off (pruned), and a
-    group of -inf logits switches off its parent too. Children of a parent
-    whose gate is below exp(cutoff) of the row's largest parent gate get
-    -inf: they could never reach the E-step's or the prediction's threshold.
-    Exponentials and logarithms are taken by numpy in bulk: its SIMD exp
-    and log are ~10x faster than the scalar libm calls a Numba loop makes.
-    ``logits`` is overwritten with the result, and the scratch space is
-    taken a block of rows at a time: no other (n_samples, n_nodes) array.
+    ``logits`` (n_samples, n_nodes) come in groups of siblings; a -inf logit
+    switches a child off (pruned), and a group of -inf logits switches off
+    its parent too. Children of a parent whose gate is below exp(cutoff) of
+    the row's largest parent gate get -inf: they could never reach the
+    E-step's or the prediction's threshold. Exponentials and logarithms are
+    taken by numpy in bulk: its SIMD exp and log are ~10x faster than the
+    scalar libm calls a Numba loop makes. ``logits`` is overwritten with the
+    result, and the scratch space is taken a block of rows at a time: no
+    other (n_samples, n_nodes) array.
     """
     log_gate = logits
-    _kernels.shift_by_sibling_max(
-        logits, parent_log_gate, n_children, cutoff, log_gate
-    )
+    _kernels.shift_by_sibling_max(logits, parent_log_gate, child_start, cutoff, log_gate)
     for start in range(0, log_gate.shape[0], ROWS_PER_BLOCK):
         rows = slice(start, start + ROWS_PER_BLOCK)
         totals = np.empty_like(parent_log_gate[rows])
-        _kernels.sibling_sums(np.exp(log_gate[rows]), n_children, totals)
+        _kernels.sibling_sums(np.exp(log_gate[rows]), child_start, totals)
         with np.errstate(divide="ignore"):  # log(0) = -inf: all children off
             log_total = np.log(totals, out=totals)
         _kernels.add_log_normalizer(
-            log_gate[rows], log_total, parent_log_gate[rows], n_children
+            log_gate[rows], log_total, parent_log_gate[rows], child_start
         )
     return log_gate
+
+
+def sum_over_siblings(values, child_start):
+    """(n, n_parents): values (n, K) summed over each parent's children.
+
+    Groups all of one size (every fixed tree) are summed through a reshape,
+    which rounds as the package always has; reduceat sums unequal groups.
+    """
+    counts = np.diff(child_start)
+    if np.all(counts == counts[0]):
+        return values.reshape(values.shape[0], -1, counts[0]).sum(axis=2)
+    return np.add.reduceat(values, child_start[:-1], axis=1)
+
+
+def sibling_slots(child_start):
+    """(parent, slot) of every node: node child_start[p] + j is (p, j)."""
+    counts = np.diff(child_start)
+    parent = np.repeat(np.arange(counts.size), counts)
+    return parent, np.arange(child_start[-1]) - child_start[parent]
+
+
+def _grouped(rows, child_start):
+    """Per-node rows (K, ...) -> (n_parents, max_children, ...), zero-padded."""
+    parent, slot = sibling_slots(child_start)
+    grouped = np.zeros((child_start.size - 1, np.diff(child_start).max(), *rows.shape[1:]))
+    grouped[parent, slot] = rows
+    return grouped
+
+
+def _ungrouped(grouped, child_start):
+    """The inverse of ``_grouped``."""
+    return grouped[sibling_slots(child_start)]
 
 
 def _newton_step(curvature, grad):
@@ -89,11 +156,11 @@ class SoftmaxGate:
     separate perfectly: exact reproduction needs sharp gates, but finite ones.
 
     Inside EM each M-step takes one damped Newton step (``max_iter=1``): a
-    partial M-step, which still increases the likelihood. Measured at
-    n = 1e4 with defaults (then gate_alpha=1e-2 everywhere), one step instead of two is 15-20% faster and no
-    less accurate (Franke 4.1e-4 vs 4.3e-4, 3-D 1.47e-4 vs 1.52e-4,
-    Friedman 1 2.9e-4 vs 3.6e-4, Runge 1.2e-6 vs 1.3e-5): the next sweep
-    continues from responsibilities that already reflect the step.
+    partial M-step, which still increases the likelihood, and the next
+    sweep continues from responsibilities that already reflect the step.
+    Newton works on the parameters grouped per parent, (n_parents,
+    max_children * F): parents with fewer children have padded slots, which
+    the step leaves at zero.
     """
 
     def __init__(self, order, ridge, max_iter=1, tol=1e-10):
@@ -110,8 +177,8 @@ class SoftmaxGate:
         return np.hstack(columns)
 
     def fit_split(
-        self, X, sample_weight, labels, split_logits, n_children, pool, max_iter,
-        random_state,
+        self, X, sample_weight, labels, split_logits, child_start, threads,
+        max_iter, random_state,
     ):
         """Gates of a new level, fitted to the split's labels.
 
@@ -120,95 +187,93 @@ class SoftmaxGate:
         best for each parent: the split's logits reproduce the labels
         exactly but are far sharper than the penalty allows. From zero
         logits instead, every child carries gate on every row and the
-        first Newton passes' curvature is dense. The objective is strictly
-        convex, so the start changes the work, not the optimum. Measured
-        with one thread, zero start -> this one: Runge 1-D at n = 1e5,
-        (256,) degree 3, 41.8 s -> 17.3 s (1 s per dense Newton pass);
-        Franke 2-D at n = 1e4, (16, 16), 3.5 s -> 2.7 s; sine + bump
-        (45,) initialization 0.21 s -> 0.13 s; errors unchanged.
+        first Newton passes' curvature is dense (measured several times
+        slower with many partitions). The objective is strictly convex, so
+        the start changes the work, not the optimum.
         """
         n_features = split_logits.shape[1] - 1
         n_extra = self.features(np.zeros((1, n_features))).shape[1] - split_logits.shape[1]
         direction = np.hstack([split_logits, np.zeros((split_logits.shape[0], n_extra))])
         # Centred over siblings: the same softmax, with the smallest penalty.
-        n_parents = direction.shape[0] // n_children
-        grouped = direction.reshape(n_parents, n_children, -1)
-        grouped -= grouped.mean(axis=1, keepdims=True)
+        grouped = _grouped(direction, child_start)
+        counts = np.diff(child_start)
+        grouped -= grouped.sum(axis=1, keepdims=True) / counts[:, None, None]
+        direction = _ungrouped(grouped, child_start)
         G = self.features(X)
         _, penalized = self._penalized_objective(
-            X, G, sample_weight, labels, n_children, pool
+            X, G, sample_weight, labels, child_start, threads
         )
         scales = 4.0 ** -np.arange(RAY_SCALES)
         objectives = np.array([penalized(scale * direction) for scale in scales])
         best = scales[np.argmax(objectives, axis=0)]  # per parent
-        theta = np.repeat(best, n_children)[:, None] * direction
-        return self.m_step(X, sample_weight, labels, theta, n_children, pool, max_iter)
+        theta = np.repeat(best, counts)[:, None] * direction
+        return self.m_step(X, sample_weight, labels, theta, child_start, threads, max_iter)
 
-    @staticmethod
-    def _sibling_log_softmax(G, theta, n_children):
+    def _sibling_log_softmax(self, G, theta, child_start):
         """log pi_{j|p} of every child given its parent, at features G."""
-        parents = np.zeros((G.shape[0], theta.shape[0] // n_children))
-        return child_log_gates(G @ theta.T, parents, n_children)
+        parents = np.zeros((G.shape[0], child_start.size - 1))
+        return child_log_gates(G @ theta.T, parents, child_start)
 
-    def child_log_gates(self, X, theta, parent_log_gate, n_children, pruned, cutoff):
+    def child_log_gates(self, X, theta, parent_log_gate, child_start, pruned, cutoff):
         """log pi of every child: parent's log gate plus sibling log-softmax."""
         logits = self.features(X) @ theta.T
         logits[:, pruned] = -np.inf
-        return child_log_gates(logits, parent_log_gate, n_children, cutoff)
+        return child_log_gates(logits, parent_log_gate, child_start, cutoff)
 
-    def _penalized_objective(self, X, G, sample_weight, resp, n_children, pool):
+    def _penalized_objective(self, X, G, sample_weight, resp, child_start, threads):
         """The ridge, and theta -> the penalized objective J_p of every parent.
 
+        The ridge is grouped per parent, (n_parents, max_children * F).
         Nothing per row is kept: memory stays at the responsibilities the
         M-step is given.
         """
-        n_parents = resp.shape[1] // n_children
+        n_parents = child_start.size - 1
         total = sample_weight.sum()
-        ridge = self._sharpness_ridge(X, sample_weight, resp, n_children)
+        ridge = self._sharpness_ridge(X, sample_weight, resp, child_start)
 
-        def block_fit(rows, theta):
+        def block_fit(theta, G, sample_weight, resp):
             fit = np.zeros(n_parents)
             _kernels.softmax_gate_objective(
-                sample_weight[rows], resp[rows],
-                self._sibling_log_softmax(G[rows], theta, n_children),
-                n_children, MIN_PARENT_WEIGHT, fit,
+                sample_weight, resp, self._sibling_log_softmax(G, theta, child_start),
+                child_start, MIN_PARENT_WEIGHT, fit,
             )
             return (fit,)
 
         def penalized(theta, fit=None):
             """J_p at theta; ``fit`` (sum of s r log pi) if already known."""
             if fit is None:
-                (fit,) = sum_row_blocks(
-                    lambda rows: block_fit(rows, theta), G.shape[0], pool
+                (fit,) = threads.sum(
+                    lambda *blocks: block_fit(theta, *blocks), G, sample_weight, resp
                 )
-            penalty = 0.5 * (ridge * theta.reshape(n_parents, -1) ** 2).sum(axis=1)
+            grouped = _grouped(theta, child_start).reshape(n_parents, -1)
+            penalty = 0.5 * (ridge * grouped**2).sum(axis=1)
             return fit / total - penalty
 
         return ridge, penalized
 
     def m_step(
-        self, X, sample_weight, resp, theta, n_children, pool, max_iter=None
+        self, X, sample_weight, resp, theta, child_start, threads, max_iter=None
     ):
         G = self.features(X)
-        n_nodes, n_gate_features = theta.shape
-        n_parents = n_nodes // n_children
-        size = n_children * n_gate_features
+        n_parents = child_start.size - 1
         total = sample_weight.sum()
         ridge, penalized = self._penalized_objective(
-            X, G, sample_weight, resp, n_children, pool
+            X, G, sample_weight, resp, child_start, threads
         )
+        size = ridge.shape[1]
+        real = _grouped(np.ones_like(theta), child_start).reshape(n_parents, size) > 0
 
         for _ in range(self.max_iter if max_iter is None else max_iter):
             fit, grad, curvature = self._newton_terms(
-                G, theta, sample_weight, resp, n_children, pool
+                G, theta, sample_weight, resp, child_start, threads
             )
             objective = penalized(theta, fit)
-            flat = theta.reshape(n_parents, size)
+            flat = _grouped(theta, child_start).reshape(n_parents, size)
             grad = grad.reshape(n_parents, size) / total - ridge * flat
             curvature = curvature / total
             diagonal = np.arange(size)
-            curvature[:, diagonal, diagonal] += ridge
-            step = _newton_step(curvature, grad)
+            curvature[:, diagonal, diagonal] += np.where(real, ridge, 1.0)
+            step = np.where(real, _newton_step(curvature, grad), 0.0)
             decrement = np.einsum("ps,ps->p", grad, step)
             converged = decrement <= self.tol * (1.0 + np.abs(objective))
             if converged.all():
@@ -217,11 +282,13 @@ class SoftmaxGate:
             # kernels' round-off (the objective above comes from the Newton
             # pass, the line search's from its own).
             decrement[converged] = 0.0
-            theta = self._line_search(theta, step, decrement, objective, penalized)
+            theta = self._line_search(
+                theta, step, decrement, objective, penalized, child_start
+            )
         return theta
 
-    def _sharpness_ridge(self, X, sample_weight, resp, n_children):
-        """Per-parent diagonal ridge, shape (n_parents, n_children * F).
+    def _sharpness_ridge(self, X, sample_weight, resp, child_start):
+        """Per-parent diagonal ridge, shape (n_parents, max_children * F).
 
         What the penalty should bound is how sharp the transitions between
         siblings are, measured in units of a child's width, not the raw
@@ -232,50 +299,54 @@ class SoftmaxGate:
         than the data they hold, and the last 1/N keeps the optimal
         sharpness from shrinking as siblings are added. Quadratic terms
         scale with the product of two half-widths; the biases get a token
-        ridge that only fixes the softmax's shift invariance.
+        ridge that only fixes the softmax's shift invariance. Padded slots
+        get none.
         """
-        n_samples, n_features = X.shape
-        parent_weight = sample_weight[:, None] * resp.reshape(
-            n_samples, -1, n_children
-        ).sum(axis=2)
+        n_features = X.shape[1]
+        n_parents = child_start.size - 1
+        parent_weight = sample_weight[:, None] * sum_over_siblings(resp, child_start)
         mass = parent_weight.sum(axis=0) / sample_weight.sum()
-        _, half_width = local_frames(X, parent_weight, 1e-6)
+        _, half_width = local_frames(X, parent_weight, np.ones(X.shape[0]), 1e-6)
         columns = [np.full((half_width.shape[0], 1), 1e-6), half_width**2]
         if self.order == 2:
             i, j = np.triu_indices(n_features)
             columns.append((half_width[:, i] * half_width[:, j]) ** 2)
-        per_feature = np.hstack(columns) / n_children**3
+        counts = np.diff(child_start)
+        per_feature = np.hstack(columns) / counts[:, None] ** 3
         ridge = self.ridge * mass[:, None] * per_feature
-        return np.tile(ridge, (1, n_children))
+        parent, _ = sibling_slots(child_start)
+        return _grouped(ridge[parent], child_start).reshape(n_parents, -1)
 
-    def _newton_terms(self, G, theta, sample_weight, resp, n_children, pool):
-        n_parents = resp.shape[1] // n_children
-        size = n_children * G.shape[1]
+    def _newton_terms(self, G, theta, sample_weight, resp, child_start, threads):
+        n_parents = child_start.size - 1
+        max_children = np.diff(child_start).max()
+        size = max_children * G.shape[1]
 
-        def block(rows):
+        def block(G, sample_weight, resp):
             fit = np.zeros(n_parents)
-            grad = np.zeros((n_parents, n_children, G.shape[1]))
+            grad = np.zeros((n_parents, max_children, G.shape[1]))
             curvature = np.zeros((n_parents, size, size))
             _kernels.softmax_newton_terms(
-                G[rows], sample_weight[rows], resp[rows],
-                self._sibling_log_softmax(G[rows], theta, n_children),
-                n_children, MIN_PARENT_WEIGHT, MIN_CURVATURE_PROB, fit, grad,
+                G, sample_weight, resp,
+                self._sibling_log_softmax(G, theta, child_start),
+                child_start, MIN_PARENT_WEIGHT, MIN_CURVATURE_PROB, fit, grad,
                 curvature,
             )
             return fit, grad, curvature
 
-        fit, grad, curvature = sum_row_blocks(block, G.shape[0], pool)
+        fit, grad, curvature = threads.sum(block, G, sample_weight, resp)
         return fit, grad, mirror_upper(curvature)
 
     @staticmethod
-    def _line_search(theta, step, decrement, objective, penalized):
+    def _line_search(theta, step, decrement, objective, penalized, child_start):
         """Backtracking (Armijo) line search, separately for every parent.
 
         Parents whose step never satisfies the Armijo condition keep their
         parameters. Returns the new parameters.
         """
         n_parents, size = step.shape
-        flat = theta.reshape(n_parents, size)
+        flat = _grouped(theta, child_start).reshape(n_parents, size)
+        shape = (n_parents, -1, theta.shape[1])
         eta = np.ones(n_parents)
         pending = decrement > 0
         new_flat = flat.copy()
@@ -283,14 +354,14 @@ class SoftmaxGate:
             if not pending.any():
                 break
             trial = np.where(pending[:, None], flat + eta[:, None] * step, new_flat)
-            trial_objective = penalized(trial.reshape(theta.shape))
+            trial_objective = penalized(_ungrouped(trial.reshape(shape), child_start))
             accept = pending & (
                 trial_objective >= objective + 1e-4 * eta * decrement
             )
             new_flat[accept] = trial[accept]
             pending &= ~accept
             eta[pending] *= 0.5
-        return new_flat.reshape(theta.shape)
+        return _ungrouped(new_flat.reshape(shape), child_start)
 
 
 class MLPGate:
@@ -298,7 +369,8 @@ class MLPGate:
 
     Parameters of a level: a tuple of arrays stacked over parents,
     (W_1, b_1, ..., W_L, b_L) with W_i of shape (n_parents, fan_in, fan_out);
-    the last layer has n_children outputs.
+    the last layer has max_children outputs, of which a parent uses as many
+    as it has children.
     """
 
     def __init__(self, hidden_sizes, ridge, max_iter=20):
@@ -306,23 +378,19 @@ class MLPGate:
         self.ridge = ridge
         self.max_iter = max_iter
 
-    def _layer_sizes(self, n_features, n_children):
-        return (n_features, *self.hidden_sizes, n_children)
-
     def fit_split(
-        self, X, sample_weight, labels, split_logits, n_children, pool, max_iter,
-        random_state,
+        self, X, sample_weight, labels, split_logits, child_start, threads,
+        max_iter, random_state,
     ):
         """Gates of a new level, fitted to the split's labels from random
         (Glorot) weights: a tanh network cannot start at the split's affine
         logits."""
-        params = self._initial_params(
-            split_logits.shape[0] // n_children, n_children, X.shape[1], random_state
-        )
-        return self.m_step(X, sample_weight, labels, params, n_children, pool, max_iter)
+        params = self._initial_params(child_start, X.shape[1], random_state)
+        return self.m_step(X, sample_weight, labels, params, child_start, threads, max_iter)
 
-    def _initial_params(self, n_parents, n_children, n_features, random_state):
-        sizes = self._layer_sizes(n_features, n_children)
+    def _initial_params(self, child_start, n_features, random_state):
+        n_parents = child_start.size - 1
+        sizes = (n_features, *self.hidden_sizes, np.diff(child_start).max())
         params = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = np.sqrt(6.0 / (fan_in + fan_out))  # Glorot, as MLPRegressor
@@ -334,7 +402,7 @@ class MLPGate:
 
     @staticmethod
     def _forward(X, params):
-        """Logits (n_parents, n_samples, n_children) and hidden activations."""
+        """Logits (n_parents, n_samples, max_children) and hidden activations."""
         hidden = [np.broadcast_to(X, (params[0].shape[0], *X.shape))]
         n_layers = len(params) // 2
         for i in range(n_layers):
@@ -344,35 +412,29 @@ class MLPGate:
             hidden.append(z)
         return hidden[-1], hidden
 
-    def logits(self, X, params):
-        out, _ = self._forward(X, params)
-        n_parents, n_samples, n_children = out.shape
-        return np.transpose(out, (1, 0, 2)).reshape(n_samples, -1)
-
-    def child_log_gates(self, X, params, parent_log_gate, n_children, pruned, cutoff):
+    def child_log_gates(self, X, params, parent_log_gate, child_start, pruned, cutoff):
         """log pi of every child: parent's log gate plus sibling log-softmax."""
-        logits = self.logits(X, params)
+        out, _ = self._forward(X, params)
+        parent, slot = sibling_slots(child_start)
+        logits = np.ascontiguousarray(out[parent, :, slot].T)
         logits[:, pruned] = -np.inf
-        return child_log_gates(logits, parent_log_gate, n_children, cutoff)
+        return child_log_gates(logits, parent_log_gate, child_start, cutoff)
 
     def m_step(
-        self, X, sample_weight, resp, params, n_children, pool, max_iter=None
+        self, X, sample_weight, resp, params, child_start, threads, max_iter=None
     ):
         n_parents = params[0].shape[0]
         total = sample_weight.sum()
         jobs = []
         for p in range(n_parents):
-            labels = resp[:, p * n_children:(p + 1) * n_children]
+            labels = resp[:, child_start[p]:child_start[p + 1]]
             rows = labels.sum(axis=1) > MIN_PARENT_WEIGHT
             own = tuple(param[p:p + 1] for param in params)
             jobs.append(
                 (X[rows], sample_weight[rows] / total, labels[rows], own,
                  self.max_iter if max_iter is None else max_iter)
             )
-        if pool is None or n_parents == 1:
-            fitted = [self._fit_parent(*job) for job in jobs]
-        else:
-            fitted = list(pool.map(lambda job: self._fit_parent(*job), jobs))
+        fitted = threads.map_tasks(lambda job: self._fit_parent(*job), jobs)
         return tuple(
             np.concatenate([parent[i] for parent in fitted])
             for i in range(len(params))
@@ -383,6 +445,7 @@ class MLPGate:
             return params
         shapes = [param.shape for param in params]
         sizes = [param.size for param in params]
+        n_children = labels.shape[1]  # outputs beyond these are padding
 
         def unpack(flat):
             parts = np.split(flat, np.cumsum(sizes)[:-1])
@@ -391,12 +454,13 @@ class MLPGate:
         def loss_and_grad(flat):
             theta = unpack(flat)
             out, hidden = self._forward(X, theta)
-            log_prob = log_softmax(out[0], axis=1)
+            log_prob = log_softmax(out[0][:, :n_children], axis=1)
             loss = -np.sum(weight[:, None] * labels * log_prob)
             loss += 0.5 * self.ridge * sum(np.sum(w**2) for w in theta[::2])
             # Backpropagation of the soft-label cross-entropy.
             parent_weight = labels.sum(axis=1)
-            delta = weight[:, None] * (
+            delta = np.zeros(out[0].shape)
+            delta[:, :n_children] = weight[:, None] * (
                 parent_weight[:, None] * np.exp(log_prob) - labels
             )
             grads = [None] * len(theta)
@@ -406,10 +470,7 @@ class MLPGate:
                 grads[2 * i + 1] = delta.sum(axis=0)
                 if i > 0:
                     delta = (delta @ theta[2 * i][0].T) * (1.0 - hidden[i][0] ** 2)
-            flat_grad = np.concatenate(
-                [g.reshape(-1) for g in grads]
-            )
-            return loss, flat_grad
+            return loss, np.concatenate([g.reshape(-1) for g in grads])
 
         start = np.concatenate([param.reshape(-1) for param in params])
         result = minimize(
@@ -417,11 +478,3 @@ class MLPGate:
             options={"maxiter": max_iter},
         )
         return tuple(unpack(result.x))
-
-
-def make_gate(kind, hidden_sizes, ridge):
-    if kind == "linear":
-        return SoftmaxGate(order=1, ridge=ridge)
-    if kind == "quadratic":
-        return SoftmaxGate(order=2, ridge=ridge)
-    return MLPGate(hidden_sizes=hidden_sizes, ridge=ridge)

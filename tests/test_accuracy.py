@@ -114,42 +114,6 @@ def test_exact_reproduction_from_random_samples(pieces, partitions):
     assert error < 1e-8, f"held-out relative L2 error {error:.3e}"
 
 
-def test_boundary_sits_at_the_kink():
-    # |x - c| from 200 random samples, two linear experts: the boundary moves
-    # from wherever EM left it in the sample gap to the experts' crossing.
-    X = np.random.RandomState(0).uniform(0, 1, (200, 1))
-    kink = 1 / np.sqrt(5)
-    model = HierarchicalPOURegressor(
-        partitions=(2,), degree=1, gate_alpha=1e-20, n_cycles=10, tol=0
-    ).fit(X, np.abs(X[:, 0] - kink))
-    x = np.sort(X[:, 0])
-    gap = x[np.searchsorted(x, kink) - 1:][:2]
-    X_test = np.linspace(*gap, 101)[:, None]
-    error = np.abs(model.predict(X_test) - np.abs(X_test[:, 0] - kink)).max()
-    assert error < 1e-10, f"largest error in the gap around the kink {error:.3e}"
-
-
-def test_boundaries_of_smooth_fits_do_not_move(monkeypatch):
-    # The kink step leaves blends of experts that fit a smooth target alone,
-    # whatever the gates' sharpness.
-    import skpou._hpou
-
-    moved = []
-    place = skpou._hpou.place_boundaries_at_crossings
-    monkeypatch.setattr(
-        skpou._hpou, "place_boundaries_at_crossings",
-        lambda model, data: moved.append(place(model, data)) or moved[-1],
-    )
-    X = np.linspace(0, 1, 1000)[:, None]
-    for gate_alpha in (1e-2, 1e-4, 1e-20):
-        for partitions in ((8,), (4, 4)):
-            HierarchicalPOURegressor(
-                partitions=partitions, degree=2, gate_alpha=gate_alpha,
-                random_state=0,
-            ).fit(X, paper_1d(X[:, 0]))
-    assert moved == [0] * 6, moved
-
-
 @pytest.mark.parametrize("pieces", [4, 6])
 def test_piecewise_quadratic_with_default_budget(pieces):
     # Default n_cycles and tol: a coarse guard against regressions, well

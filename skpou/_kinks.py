@@ -60,21 +60,25 @@ SHARP_SLOPE = 1e7
 MAX_SLOPE = 1e8
 
 
-def place_boundaries_at_crossings(model, data):
+def place_boundaries_at_crossings(tree, data, threads):
     """Move the finest level's kink boundaries to where their experts cross.
 
-    ``model`` is a fitted HierarchicalPOURegressor before its polish, with
-    1-D inputs and linear gates; ``data`` its scaled training data. Changes
-    ``model.gate_params_`` in place and returns how many boundaries moved.
+    ``tree`` is a fitted ``skpou._tree.PartitionTree`` before its polish,
+    with 1-D inputs and linear gates; ``data`` its scaled training data.
+    Changes the tree's gate parameters in place and returns how many
+    boundaries moved.
     """
-    level = len(model.partitions_)
+    level = tree.finest
     rows = np.argsort(data.X[:, 0], kind="stable")
     X, Y, weight = data.X[rows], data.Y[rows], data.sample_weight[rows]
-    winner = _winners(model, X, level)
+    winner = _winners(tree, X, level)
+
+    def loss(X, Y, weight):
+        return _loss(tree, X, Y, weight, level, threads)
 
     @functools.cache  # only needed once a boundary sits at a kink
     def mean_squared_error():
-        return _loss(model, X, Y, weight, level) / weight.sum()
+        return loss(X, Y, weight) / weight.sum()
 
     # Runs of rows with the same winning partition, left to right; run r
     # holds rows starts[r]:starts[r + 1].
@@ -83,8 +87,8 @@ def place_boundaries_at_crossings(model, data):
     for run in range(starts.size - 2):
         window = slice(starts[run], starts[run + 2])  # two neighbouring runs
         new_winner = _move_boundary_to_crossing(
-            model, level, X[window], Y[window], weight[window], winner[window],
-            mean_squared_error,
+            tree, level, X[window], Y[window], weight[window], winner[window],
+            loss, mean_squared_error,
         )
         if new_winner is not None:
             winner[window] = new_winner
@@ -94,73 +98,58 @@ def place_boundaries_at_crossings(model, data):
 
 
 def _move_boundary_to_crossing(
-    model, level, X, Y, weight, winner, mean_squared_error
+    tree, level, X, Y, weight, winner, loss, mean_squared_error
 ):
     """Move the boundary between two neighbouring partitions, at a kink.
 
     The rows (sorted by x) go to one partition, then to its right
-    neighbour; ``mean_squared_error()`` is the whole fit's. Returns the
+    neighbour; ``loss(X, Y, weight)`` is the blended mean's weighted sum of
+    squared errors, ``mean_squared_error()`` the whole fit's. Returns the
     rows' new winners, or None if the boundary stays.
     """
     x = X[:, 0]
     left, right = winner[0], winner[-1]
 
     def difference(X):
-        return _expert_means(model, X, level, left) - _expert_means(
-            model, X, level, right
-        )
+        return tree.expert_means(X, level, left) - tree.expert_means(X, level, right)
 
-    means = [_expert_means(model, X, level, node) for node in (left, right)]
+    means = [tree.expert_means(X, level, node) for node in (left, right)]
     differences = np.linalg.norm(means[0] - means[1], axis=1)
     accuracy = _typical_error(Y, means, weight)
     split = np.argmax(winner == right)
     if not differences[split - 1:split + 1].max() >= KINK_RATIO * accuracy:
         return None
 
-    gate_level, first, second = _separating_gate(model.partitions_, left, right)
-    theta = model.gate_params_[gate_level - 1]
+    gate_level, first, second = _separating_gate(tree, level, left, right)
+    gates = tree.levels[gate_level]
+    theta = gates.gate_params
     boundary, slope = _pairwise_boundary(theta, first, second)
     if not slope > 0:
         return None
-    allowed = (
-        _loss(model, X, Y, weight, level) + weight.sum() * mean_squared_error()
-    )
+    allowed = loss(X, Y, weight) + weight.sum() * mean_squared_error()
     for position in _least_difference_points(
-        difference, model.degree_, x[0], x[-1], boundary
+        difference, tree.basis.degree, x[0], x[-1], boundary
     ):
-        model.gate_params_[gate_level - 1] = _moved_boundary(
-            theta, first, second, model.partitions_[gate_level - 1], position,
+        gates.gate_params = _moved_boundary(
+            theta, first, second, gates.child_start, position,
             _sharpened_slope(slope, position, x, differences, accuracy),
         )
-        new_winner = _winners(model, X, level)
-        if _still_two_runs(new_winner, left, right) and (
-            _loss(model, X, Y, weight, level) <= allowed
-        ):
+        new_winner = _winners(tree, X, level)
+        if _still_two_runs(new_winner, left, right) and loss(X, Y, weight) <= allowed:
             return new_winner
-    model.gate_params_[gate_level - 1] = theta
+    gates.gate_params = theta
     return None
 
 
-def _winners(model, X, level):
-    return model._log_gates(X, level).argmax(axis=1)
+def _winners(tree, X, level):
+    return tree.log_gates(X, level).argmax(axis=1)
 
 
-def _loss(model, X, Y, weight, level):
+def _loss(tree, X, Y, weight, level, threads):
     """Weighted sum of squared errors of the blended mean."""
-    no_noise = np.zeros((model.coef_[level].shape[0], model.n_outputs_))
-    mean, _ = model._moments(X, level, no_noise, False, model._pool)
-    return float(weight @ np.sum((Y - mean) ** 2, axis=1))
-
-
-def _expert_means(model, X, level, node):
-    """One expert's polynomial at the rows of X, shape (n_rows, n_outputs)."""
-    n_nodes = model.coef_[level].shape[0]
-    only_node = np.full((X.shape[0], n_nodes), -np.inf)
-    only_node[:, node] = 0.0
-    mean, _ = model._block_moments(
-        X, only_node, level, np.zeros((n_nodes, model.n_outputs_)), False
-    )
-    return mean
+    no_noise = np.zeros(tree.levels[level].coef.shape[::2])
+    parts = threads.map(lambda X: tree.moments(X, level, no_noise, False)[0], X)
+    return float(weight @ np.sum((Y - np.concatenate(parts)) ** 2, axis=1))
 
 
 def _typical_error(Y, means, weight):
@@ -178,16 +167,19 @@ def _typical_error(Y, means, weight):
     return float(errors[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
 
 
-def _separating_gate(partitions, left, right):
-    """The gate that separates two finest nodes: (level, child, child).
+def _separating_gate(tree, level, left, right):
+    """The gate that separates two nodes of a level: (level, child, child).
 
     It belongs to their deepest common ancestor: the first level at which
     their ancestors differ; those two ancestors are the gate's children.
     """
-    for level in range(1, len(partitions) + 1):
-        below = int(np.prod(partitions[level:]))
-        if left // below != right // below:
-            return level, left // below, right // below
+    ancestors = [(left, right)]
+    for below in range(level, 1, -1):
+        parents = tree.parents(below)
+        ancestors.append(tuple(parents[node] for node in ancestors[-1]))
+    for depth, (first, second) in enumerate(reversed(ancestors), start=1):
+        if first != second:
+            return depth, first, second
     raise ValueError("a node does not border itself")
 
 
@@ -248,7 +240,7 @@ def _sharpened_slope(slope, position, x, differences, accuracy):
     return min(MAX_SLOPE, max(slope, SHARP_SLOPE, needed.max(initial=0.0)))
 
 
-def _moved_boundary(theta, first, second, n_children, position, slope):
+def _moved_boundary(theta, first, second, child_start, position, slope):
     """Gate parameters with the (first, second) boundary at ``position``.
 
     The logit difference of the pair becomes slope * (x - position). The
@@ -257,8 +249,8 @@ def _moved_boundary(theta, first, second, n_children, position, slope):
     and among the rest, stay where they are.
     """
     boundary, old_slope = _pairwise_boundary(theta, first, second)
-    parent = second // n_children
-    siblings = np.arange(parent * n_children, (parent + 1) * n_children)
+    parent = np.searchsorted(child_start, second, side="right") - 1
+    siblings = np.arange(child_start[parent], child_start[parent + 1])
     beyond = siblings[theta[siblings, 1] >= theta[second, 1]]
     moved = theta.copy()
     moved[beyond, 0] += old_slope * boundary - slope * position

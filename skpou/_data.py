@@ -1,0 +1,109 @@
+"""Training data as the EM sees it: rows in a canonical order, scaled.
+
+Inputs are mapped to [-1, 1] per feature and targets standardized, both
+without overflow for values up to the float range (halves before
+differences, magnitudes divided out before squares). Rows are sorted
+lexicographically, so floating-point sums, and so the fit, do not depend on
+how the caller ordered the rows, and equal rows end up next to each other.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class TrainingData:
+    """Scaled training arrays, passed together through the EM steps.
+
+    ``X`` (n, n_features), ``Y`` (n, n_targets), ``sample_weight`` (n,).
+    Every row has positive weight: rows without weight are dropped first.
+    """
+
+    __slots__ = ("X", "Y", "sample_weight")
+
+    def __init__(self, X, Y, sample_weight):
+        self.X = np.ascontiguousarray(X)
+        self.Y = np.ascontiguousarray(Y)
+        self.sample_weight = sample_weight
+
+    @property
+    def n_samples(self):
+        return self.X.shape[0]
+
+    def rows(self, index):
+        return TrainingData(self.X[index], self.Y[index], self.sample_weight[index])
+
+
+@dataclass
+class Scaling:
+    """Affine maps of inputs to [-1, 1] and of targets to zero mean, unit std.
+
+    ``x_offset``, ``x_scale`` (n_features,); ``y_offset``, ``y_scale``
+    (n_targets,): x_scaled = (x - x_offset) / x_scale, likewise for y.
+    """
+
+    x_offset: np.ndarray
+    x_scale: np.ndarray
+    y_offset: np.ndarray
+    y_scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X, Y, sample_weight):
+        low = X.min(axis=0)
+        high = X.max(axis=0)
+        half_range = high / 2.0 - low / 2.0
+        magnitude = np.abs(Y).max(axis=0)
+        magnitude = np.where(magnitude > 0, magnitude, 1.0)
+        unit = Y / magnitude
+        offset = np.average(unit, axis=0, weights=sample_weight)
+        spread = np.sqrt(
+            np.average((unit - offset) ** 2, axis=0, weights=sample_weight)
+        )
+        return cls(
+            x_offset=low + half_range,
+            x_scale=np.where(half_range > 0, half_range, 1.0),
+            y_offset=offset * magnitude,
+            # A constant target keeps its magnitude as scale (its standardized
+            # values are 0), so the predictive std stays in proportion to it.
+            y_scale=np.where(spread > 0, spread, 1.0) * magnitude,
+        )
+
+    def inputs(self, X):
+        return (X - self.x_offset) / self.x_scale
+
+
+def prepare(X, Y, sample_weight):
+    """Rows of positive weight, sorted and scaled: (TrainingData, Scaling,
+    number of distinct input rows).
+
+    ``X`` (n, n_features), ``Y`` (n, n_targets), ``sample_weight`` (n,),
+    validated and finite. A row without weight takes no part in the fit, as
+    if removed; kept, one far outside the weighted rows' box would overflow
+    the bases there (0 * inf) and break the fit.
+    """
+    weighted = sample_weight > 0
+    if not weighted.all():
+        X, Y, sample_weight = X[weighted], Y[weighted], sample_weight[weighted]
+    order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
+    X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
+    n_distinct = 1 + int(np.count_nonzero((X_scaled[1:] != X_scaled[:-1]).any(axis=1)))
+    scaling = Scaling.fit(X, Y, sample_weight)
+    X_scaled -= scaling.x_offset
+    X_scaled /= scaling.x_scale
+    Y_scaled = Y[order]
+    Y_scaled /= scaling.y_scale  # divided first: no overflow near the float range
+    Y_scaled -= scaling.y_offset / scaling.y_scale
+    return TrainingData(X_scaled, Y_scaled, sample_weight[order]), scaling, n_distinct
+
+
+def em_subsample(data, size, random_state):
+    """The rows the V-cycles see: all, or ``size`` of them drawn without
+    replacement (kept in their order).
+
+    Placing the partitions needs far fewer rows than fitting the experts
+    does (as HistGradientBoosting bins on a subsample): the experts are
+    refitted on every row afterwards.
+    """
+    if size is None or data.n_samples <= size:
+        return data
+    return data.rows(np.sort(random_state.choice(data.n_samples, size, replace=False)))

@@ -1,0 +1,576 @@
+"""The estimator: parameters, validation, and fit as its named steps.
+
+``fit`` validates its input, prepares the training data (``skpou._data``),
+trains the partition tree by multilevel EM (``skpou._multilevel``, the
+paper's Algorithm 1, over ``skpou._tree.PartitionTree``), and finishes with
+the steps after EM (kink boundaries, ``skpou._kinks``; the joint polish,
+``skpou._polish``; the noise refit). ``predict`` evaluates the finest
+level's mixture. Model: Trask, Henriksen, Martinez and Cyr, "Hierarchical
+partition of unity networks: fast multilevel training", PMLR 190, 2022;
+the user guide (``doc/user_guide.rst``) and the design note
+(``doc/design.md``) explain the choices.
+"""
+
+import warnings
+from math import comb
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from . import _multilevel
+from ._basis import Basis
+from ._data import em_subsample, prepare
+from ._gates import make_gate
+from ._kinks import place_boundaries_at_crossings
+from ._parallel import local_threads
+from ._polish import polish_experts
+from ._tree import PartitionTree
+
+# degree="auto": degree 4 where its basis is small (up to 3 dimensions: 35
+# functions), lower in more dimensions, where a degree-4 basis (70 functions
+# in 4-D, 126 in 5-D) makes every partition's problem, and the fit, several
+# times costlier for little gain.
+AUTO_MAX_DEGREE = 4
+AUTO_MAX_BASIS = 56
+# gate_alpha="auto" for the softmax gates: sharper transitions in 1-D and 2-D,
+# smoother ones from 3-D on, where the default tree's partitions are wide and
+# each expert alone is a coarse fit, so wide blends are what makes the mean
+# accurate (the user guide's section on gate_alpha has the measurements).
+AUTO_GATE_ALPHA_LOW_DIM = 1e-2
+AUTO_GATE_ALPHA_HIGH_DIM = 0.3
+
+
+class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
+    """Hierarchical partition of unity network regressor (multilevel EM).
+
+    A probabilistic mixture of polynomial experts over a tree of nested soft
+    partitions, trained by expectation-maximization with a multilevel
+    V-cycle (Trask, Henriksen, Martinez and Cyr, 2022).
+
+    Parameters
+    ----------
+    partitions : tuple of int, default=(4, 4)
+        Children per node at each level of the tree: ``(8,)`` is one level of
+        8 partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
+        in 2: 8 fine ones).
+
+    degree : int or "auto", default="auto"
+        Total degree of every polynomial expert (0 = constant). ``"auto"``
+        takes the highest degree up to 4 whose basis has at most 56 functions
+        (4 in up to 3 dimensions, 3 in 4 and 5, 2 in 6 to 9, 1 above) and
+        no more functions than distinct samples with positive weight (fewer
+        cannot determine an expert); the fitted value is
+        ``degree_``. The basis size, C(n_features + degree, degree), sets the
+        cost: every partition solves a problem of that size.
+
+    gate : {"linear", "quadratic", "mlp"}, default="linear"
+        Gate family at every tree node: softmax of affine or quadratic logits
+        (fitted by Newton's method), or the paper's tanh MLP with softmax
+        output (fitted by L-BFGS).
+
+    gate_hidden_sizes : tuple of int, default=(10, 10)
+        Hidden layer widths of the ``"mlp"`` gate.
+
+    gate_alpha : float or "auto", default="auto"
+        Penalty on how sharp the transitions between sibling partitions are
+        (the gate slopes measured in units of a child partition's width,
+        weighted by the parent's share of the data, so the same value suits
+        any depth and number of partitions). ``"auto"`` is 1e-2 for one or
+        two input features and 0.3 for more (1e-2 for ``gate="mlp"``); the
+        fitted value is ``gate_alpha_``. Both keep neighbours overlapping:
+        smooth blends, the most accurate choice for smooth targets, and
+        wider ones in higher dimensions, where partitions are wide. Tiny
+        values (1e-20) let gates sharpen until transition zones hold almost
+        no sample, as exact reproduction of piecewise polynomials needs. For
+        ``gate="mlp"`` it is a plain L2 penalty on the network weights, per
+        unit of sample weight.
+
+    sigma : {"shared", "em", "fixed"}, default="shared"
+        Expert noise during training. ``"fixed"`` keeps sigma = 1 on the
+        standardized targets, as in the paper; ``"shared"`` updates one
+        sigma per level and output by EM; ``"em"`` updates one per node, floored
+        at a fraction of the shared one. Whatever the choice, the finest
+        partitions' noise (``noise_var_``) is refitted at the end for
+        ``predict(return_std=True)``.
+
+    alpha : float, default=1e-10
+        Ridge term added to every expert's normal equations (which are
+        normalized by the total sample weight), so that empty or degenerate
+        partitions never produce NaN.
+
+    polish : bool, default=True
+        After training, refit the finest level's experts jointly by least
+        squares against the blended mean with the gates frozen (the
+        deterministic POU network's problem). EM fits each expert to its own
+        responsibilities, which is not the least-squares optimum of the mean
+        where gates overlap. With more unknowns than distinct samples the
+        data fix only part of them: the rest stay near their EM values.
+
+    n_cycles : int, default=5
+        Maximum number of V-cycles of the multilevel EM.
+
+    tol : float, default=1e-4
+        Stop when the relative change of the EM objective (the negative mean
+        log-likelihood, relative to ``max(|loss|, 1)``) between two cycles falls
+        below ``tol``. ``tol=0`` runs all ``n_cycles``.
+
+    em_subsample : int or None, default=100_000
+        The initialization and V-cycles, which place the partitions, run on
+        at most this many rows drawn without replacement (seeded by
+        ``random_state``); the experts are then refitted, and polished, on
+        all rows. ``None`` runs EM on every row.
+
+    n_jobs : int, default=None
+        Threads for assembling and solving the per-partition problems
+        (``None`` means 1 unless in a :func:`joblib.parallel_config`
+        context, -1 means all processors). Results do not depend on it.
+        BLAS runs single-threaded during ``fit`` and ``predict`` (the
+        estimator's own threads use the cores), so results do not depend
+        on BLAS's thread count either.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the ``"mlp"`` gate weights and the ``em_subsample`` draw; the
+        partition splitting is deterministic.
+
+    verbose : int, default=0
+        Print the loss and time of each cycle.
+
+    warm_start : bool, default=False
+        Reuse the fitted gates (the partitions) on the next ``fit``. With a
+        new ``degree`` and ``n_cycles=0`` this refits the experts on frozen
+        partitions (p-refinement).
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during fit, when X has string feature names.
+
+    n_outputs_ : int
+        Number of targets.
+
+    n_iter_ : int
+        Number of V-cycles run.
+
+    converged_ : bool
+        Whether the loss settled within ``tol`` before ``n_cycles``.
+
+    loss_curve_ : list of float
+        EM objective of each cycle: the finest level's negative mean
+        log-likelihood of the standardized training targets.
+
+    partitions_ : tuple of int
+        The tree shape that was fitted.
+
+    degree_ : int
+        The degree used: ``degree``, or what ``"auto"`` chose.
+
+    gate_alpha_ : float
+        The gate penalty used: ``gate_alpha``, or what ``"auto"`` chose.
+
+    powers_ : ndarray of shape (n_basis, `n_features_in_`)
+        Multi-indices of the total-degree Legendre basis of every expert.
+
+    tree_ : PartitionTree
+        The fitted partition tree (``skpou._tree``): per level, the sibling
+        groups, gate parameters, and each node's expert coefficients
+        (n_nodes, n_basis, n_outputs) in its local Legendre frame, noise and
+        pruning.
+
+    x_offset_, x_scale_ : ndarray of shape (`n_features_in_`,)
+        Inputs are scaled as ``(X - x_offset_) / x_scale_`` into [-1, 1].
+
+    y_offset_, y_scale_ : ndarray of shape (`n_outputs_`,)
+        Targets are standardized as ``(y - y_offset_) / y_scale_``.
+
+    polished_ : bool
+        Whether the finest experts were polished (see ``polish``).
+
+    noise_var_ : ndarray of shape (n_partitions, n_outputs)
+        Noise variance of each finest-level expert, in standardized units,
+        refitted after training; it makes ``predict(return_std=True)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpou import HierarchicalPOURegressor
+    >>> X = np.linspace(0, 1, 400).reshape(-1, 1)
+    >>> y = np.sin(2 * np.pi * X[:, 0])
+    >>> model = HierarchicalPOURegressor(partitions=(4, 2), degree=3).fit(X, y)
+    >>> float(np.max(np.abs(model.predict(X) - y))) < 1e-4
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "partitions": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "degree": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "gate": [StrOptions({"linear", "quadratic", "mlp"})],
+        "gate_hidden_sizes": ["array-like"],
+        "gate_alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "sigma": [StrOptions({"shared", "em", "fixed"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "polish": ["boolean"],
+        "n_cycles": [Interval(Integral, 0, None, closed="left")],
+        "em_subsample": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        partitions=(4, 4),
+        degree="auto",
+        *,
+        gate="linear",
+        gate_hidden_sizes=(10, 10),
+        gate_alpha="auto",
+        sigma="shared",
+        alpha=1e-10,
+        polish=True,
+        n_cycles=5,
+        tol=1e-4,
+        em_subsample=100_000,
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.partitions = partitions
+        self.degree = degree
+        self.gate = gate
+        self.gate_hidden_sizes = gate_hidden_sizes
+        self.gate_alpha = gate_alpha
+        self.sigma = sigma
+        self.alpha = alpha
+        self.polish = polish
+        self.n_cycles = n_cycles
+        self.tol = tol
+        self.em_subsample = em_subsample
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the network by multilevel EM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets. Several outputs share the partitions.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; an integer weight equals repeating the row.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            For invalid parameters, non-finite or non-numeric input, or
+            fewer distinct samples with positive weight than basis functions.
+        """
+        # A fit that fails or is interrupted (KeyboardInterrupt) leaves the
+        # estimator exactly as it was: unfitted, or its previous fit. The
+        # fit builds new objects (a warm start trains a copy of the tree),
+        # so keeping the previous attributes is enough.
+        previous_state = dict(vars(self))
+        try:
+            X, y, sample_weight = self._validate_training_data(X, y, sample_weight)
+            Y = y.reshape(y.shape[0], -1)
+            data, scaling, n_distinct = prepare(X, Y, sample_weight)
+            self._resolve_auto_params(X.shape[1], n_distinct)
+            with local_threads(self.n_jobs) as threads:
+                self._train(data, n_distinct, threads)
+            self.x_offset_, self.x_scale_ = scaling.x_offset, scaling.x_scale
+            self.y_offset_, self.y_scale_ = scaling.y_offset, scaling.y_scale
+            self._y_was_1d = y.ndim == 1
+            self.n_outputs_ = Y.shape[1]
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(previous_state)
+            raise
+        self._warn_about_pruned_partitions()
+        return self
+
+    def _validate_training_data(self, X, y, sample_weight):
+        """Validated float64 X (n, d), y (n,) or (n, T), and weights (n,)."""
+        _validated_sizes(self.partitions, "partitions")
+        _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
+        if isinstance(self.degree, bool):
+            raise ValueError(f"degree must be an integer or \"auto\"; got {self.degree!r}.")
+        X, y = validate_data(
+            self, X, y, multi_output=True, y_numeric=True, dtype=np.float64
+        )
+        y = _numeric_finite_targets(y)
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+        return X, y, sample_weight
+
+    def _resolve_auto_params(self, n_features, n_distinct):
+        """The fitted values of the "auto" parameters, and the basis check."""
+        self.partitions_ = _validated_sizes(self.partitions, "partitions")
+        if self.degree == "auto":
+            self.degree_ = _auto_degree(n_features, n_distinct)
+        else:
+            self.degree_ = self.degree
+        if self.gate_alpha == "auto":
+            self.gate_alpha_ = _auto_gate_alpha(self.gate, n_features)
+        else:
+            self.gate_alpha_ = float(self.gate_alpha)
+        n_basis = comb(n_features + self.degree_, self.degree_)
+        if n_distinct < n_basis:
+            raise ValueError(
+                f"Found n_samples={n_distinct} distinct samples with positive "
+                f"weight, but degree={self.degree_} in {n_features} dimensions has "
+                f"{n_basis} basis functions: at least that many "
+                "samples are needed. Lower `degree` or add samples."
+            )
+        self.powers_ = Basis(n_features, self.degree_).powers
+
+    def _train(self, data, n_distinct, threads):
+        """Multilevel EM, then the steps after it; sets the fitted tree."""
+        settings = _multilevel.EMSettings(
+            alpha=self.alpha, sigma=self.sigma, n_jobs=self.n_jobs,
+            threads=threads, verbose=self.verbose,
+        )
+        n_features = data.X.shape[1]
+        warm_start_key = (self.partitions_, self.gate, tuple(self.gate_hidden_sizes), n_features)
+        keep_partitions = (
+            self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key
+        )
+        if keep_partitions:
+            tree = self.tree_.copy()
+        else:
+            tree = PartitionTree(None, None)
+        tree.basis = Basis(n_features, self.degree_)
+        # Gate families hold settings only: built from the current parameters.
+        tree.gates = make_gate(self.gate, self.gate_hidden_sizes, self.gate_alpha_)
+
+        random_state = check_random_state(self.random_state)
+        em_data = em_subsample(data, self.em_subsample, random_state)
+        if keep_partitions:
+            _multilevel.refit_experts_on_frozen_gates(tree, em_data, settings)
+        else:
+            _multilevel.initialize(tree, em_data, self.partitions_, settings, random_state)
+        losses, converged = _multilevel.run_v_cycles(
+            tree, em_data, self.n_cycles, self.tol, settings
+        )
+        if em_data is not data:
+            _multilevel.refit_finest_experts(tree, data, settings)
+        if n_features == 1 and self.gate == "linear" and not (
+            keep_partitions and self.n_cycles == 0  # frozen partitions stay
+        ):
+            moved = place_boundaries_at_crossings(tree, data, threads)
+            _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
+        if self.polish:
+            determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
+            tree.levels[-1].coef = polish_experts(
+                data.X, data.Y, data.sample_weight, tree, self.alpha, threads, determined
+            )
+        _multilevel.refit_noise(tree, data, threads)
+
+        self.tree_ = tree
+        self._warm_start_key = warm_start_key
+        self.loss_curve_ = losses
+        self.n_iter_ = len(losses)
+        self.converged_ = converged
+        self.polished_ = bool(self.polish)
+
+    def _warn_about_pruned_partitions(self):
+        gone = self.tree_.gone()
+        if gone.any():
+            warnings.warn(
+                f"{int(gone.sum())} of {gone.size} partitions received no "
+                "training data and were pruned (zero gate everywhere). Fewer "
+                "partitions, or more samples, give the same model for less.",
+                UserWarning,
+            )
+
+    # --------------------------------------------------------------- predict
+
+    def predict(self, X, return_std=False):
+        """Predict with the finest level's mixture mean.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        return_std : bool, default=False
+            Also return the predictive standard deviation of the mixture,
+            sqrt(sum_k pi_k (sigma_k^2 + (mu_k - mean)^2)), with sigma_k^2
+            the gate-weighted variance of the prediction's residuals in
+            partition k. After the polish (the default) the experts are
+            fitted jointly rather than as rival explanations, and the
+            spread term is left out.
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predicted mean.
+
+        y_std : ndarray, same shape as y_mean
+            Predictive standard deviation; only if ``return_std`` is True.
+
+        Raises
+        ------
+        ValueError
+            For non-finite input, a wrong number of features, or inputs so
+            far outside the training range that the polynomial experts'
+            extrapolation overflows.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        tree = self.tree_
+        # Polished experts are fitted jointly, not as rival explanations:
+        # their spread around the mean is no uncertainty.
+        include_spread = not self.polished_
+
+        def block(X):
+            return tree.moments(X, tree.finest, tree.noise_var, include_spread)
+
+        with local_threads(self.n_jobs) as threads:
+            parts = threads.map(block, self._scale_inputs(X))
+        mean, variance = (np.concatenate(arrays) for arrays in zip(*parts))
+        mean = mean * self.y_scale_ + self.y_offset_
+        _check_extrapolation_finite(mean, X, self.x_offset_, self.x_scale_)
+        if self._y_was_1d:
+            mean, variance = mean[:, 0], variance[:, 0]
+        if not return_std:
+            return mean
+        std = np.sqrt(variance) * (self.y_scale_[0] if self._y_was_1d else self.y_scale_)
+        return mean, std
+
+    def predict_partitions(self, X, level=-1):
+        """Gate probabilities pi_k(x) of every partition at one level.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        level : int, default=-1
+            Tree level: 0 is the root (one partition), 1 the coarsest split,
+            -1 the finest level.
+
+        Returns
+        -------
+        probabilities : ndarray of shape (n_samples, n_partitions)
+            Rows sum to one.
+
+        Raises
+        ------
+        ValueError
+            For a level outside the tree, or invalid X.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        n_levels = len(self.tree_.levels)
+        if (
+            not isinstance(level, Integral)
+            or isinstance(level, bool)
+            or not -n_levels <= level < n_levels
+        ):
+            raise ValueError(
+                f"level must be an integer in [{-n_levels}, {n_levels - 1}] for "
+                f"partitions={self.partitions_}; got {level!r}."
+            )
+        return np.exp(self.tree_.log_gates(self._scale_inputs(X), level % n_levels))
+
+    @property
+    def noise_var_(self):
+        """Noise variance of each finest partition, (n_partitions, n_outputs),
+        in standardized units (see ``predict``)."""
+        return self.tree_.noise_var
+
+    def _scale_inputs(self, X):
+        return (X - self.x_offset_) / self.x_scale_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+def _numeric_finite_targets(y):
+    """y as float64, or a ValueError naming the problem.
+
+    validate_data leaves string arrays alone and converts object arrays
+    after its finiteness check, so None in an object array would become NaN.
+    """
+    try:
+        y = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"y must be numeric: {error}") from None
+    if not np.all(np.isfinite(y)):
+        raise ValueError("Input y contains NaN or infinity.")
+    return y
+
+
+def _check_extrapolation_finite(mean, X, x_offset, x_scale):
+    """ValueError where polynomial extrapolation overflowed (finite inputs far
+    outside the training range), rather than inf or NaN predictions."""
+    overflowed = ~np.isfinite(mean).all(axis=1)
+    if overflowed.any():
+        distance = np.abs((X[overflowed] - x_offset) / x_scale).max()
+        raise ValueError(
+            f"Predictions overflow for {int(overflowed.sum())} of {X.shape[0]} "
+            f"rows: they lie up to {distance:.3g} half-ranges of the training "
+            "inputs from their centre, where the polynomial experts' "
+            "extrapolation exceeds the float range."
+        )
+
+
+def _auto_degree(n_features, n_samples):
+    """degree="auto": the highest degree <= AUTO_MAX_DEGREE whose basis has at
+    most AUTO_MAX_BASIS functions and no more than n_samples."""
+    for degree in range(AUTO_MAX_DEGREE, 0, -1):
+        n_basis = comb(n_features + degree, degree)
+        if n_basis <= min(AUTO_MAX_BASIS, n_samples):
+            return degree
+    return 0
+
+
+def _auto_gate_alpha(gate, n_features):
+    """gate_alpha="auto" (see AUTO_GATE_ALPHA_*); the MLP gate's is an L2 penalty."""
+    if gate == "mlp" or n_features <= 2:
+        return AUTO_GATE_ALPHA_LOW_DIM
+    return AUTO_GATE_ALPHA_HIGH_DIM
+
+
+def _validated_sizes(sizes, name):
+    values = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
+    if not values or not all(
+        isinstance(v, Integral) and not isinstance(v, bool) and v >= 1
+        for v in values
+    ):
+        raise ValueError(
+            f"{name} must be a non-empty tuple of positive integers; got {sizes!r}."
+        )
+    return tuple(int(v) for v in values)

@@ -1,0 +1,109 @@
+"""Kernels of the mixture: E-step responsibilities, mean and variance.
+
+Owner: ``skpou._tree`` (a level's mixture is a property of the tree).
+"""
+
+import math
+
+import numpy as np
+
+from ._common import (
+    COLUMNS,
+    LOG_2PI,
+    basis_columns,
+    basis_scratch,
+    column_block,
+    exp,
+    expert_means,
+    row_lists,
+    select_rows,
+)
+from ._jit import kernel
+
+
+@kernel
+def e_step(
+    X, Y, log_gate, centers, scales, coef, recipe, degree, log_var,
+    min_log_gate, resp, log_lik,
+):
+    """Responsibilities and per-sample log-likelihood of the mixture.
+
+    Nodes that do not carry gate on a row (``_common.active_nodes``) get
+    responsibility zero there without their expert being evaluated.
+    """
+    n_samples, n_nodes = log_gate.shape
+    n_targets = Y.shape[1]
+    count, rows, pieces = row_lists(n_nodes)
+    Z, local = basis_scratch(recipe.shape[0], X.shape[1], degree)
+    ones = np.ones(COLUMNS)
+    mu = np.empty((n_targets, COLUMNS))
+    inv_var = np.exp(-log_var)
+    log_norm = np.empty(n_nodes)
+    for k in range(n_nodes):
+        log_norm[k] = -0.5 * (log_var[k].sum() + n_targets * LOG_2PI)
+    for start in range(0, n_samples, rows.shape[1]):
+        stop, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
+        resp[start:stop] = -np.inf  # log joint density until normalized below
+        for i in range(n_pieces):
+            k, _, block = column_block(rows, pieces, i)
+            n = block.shape[0]
+            basis_columns(X, block, centers[k], scales[k], recipe, degree, ones, local, Z)
+            expert_means(Z, n, coef[k], mu)
+            for a in range(n):
+                d = block[a]
+                value = log_gate[d, k] + log_norm[k]
+                for t in range(n_targets):
+                    residual = Y[d, t] - mu[t, a]
+                    value -= 0.5 * residual * residual * inv_var[k, t]
+                resp[d, k] = value
+        for d in range(start, stop):
+            joint_max = -np.inf
+            for k in range(n_nodes):
+                joint_max = max(joint_max, resp[d, k])
+            total = 0.0
+            for k in range(n_nodes):
+                resp[d, k] = exp(resp[d, k] - joint_max)
+                total += resp[d, k]
+            log_lik[d] = joint_max + math.log(total)
+            for k in range(n_nodes):
+                resp[d, k] /= total
+
+
+@kernel
+def mixture_moments(
+    X, log_gate, centers, scales, coef, recipe, degree, var, min_log_gate,
+    include_spread, mean, variance,
+):
+    """Mixture mean sum_k pi_k mu_k and variance sum_k pi_k (s_k^2 + (mu_k - mean)^2).
+
+    The variance is summed in its centred form: sum pi (s^2 + mu^2) - mean^2
+    would cancel catastrophically where the experts fit tightly. Without
+    ``include_spread`` only sum_k pi_k s_k^2 is summed.
+    """
+    n_samples, n_nodes = log_gate.shape
+    n_targets = coef.shape[2]
+    count, rows, pieces = row_lists(n_nodes)
+    means = np.empty((n_nodes, n_targets, rows.shape[1]))  # each expert on its rows
+    Z, local = basis_scratch(recipe.shape[0], X.shape[1], degree)
+    ones = np.ones(COLUMNS)
+    for start in range(0, n_samples, rows.shape[1]):
+        stop, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
+        mean[start:stop] = 0.0
+        variance[start:stop] = 0.0
+        for i in range(n_pieces):
+            k, lo, block = column_block(rows, pieces, i)
+            n = block.shape[0]
+            basis_columns(X, block, centers[k], scales[k], recipe, degree, ones, local, Z)
+            mu = means[k, :, lo:lo + n]
+            expert_means(Z, n, coef[k], mu)
+            for a in range(n):
+                gate = exp(log_gate[block[a], k])
+                for t in range(n_targets):
+                    mean[block[a], t] += gate * mu[t, a]
+        for k in range(n_nodes):
+            for a in range(count[k]):
+                d = rows[k, a]
+                gate = exp(log_gate[d, k])
+                for t in range(n_targets):
+                    spread = means[k, t, a] - mean[d, t] if include_spread else 0.0
+                    variance[d, t] += gate * (var[k, t] + spread * spread)

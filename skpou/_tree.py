@@ -1,0 +1,154 @@
+"""The partition tree: the model's whole fitted state.
+
+Level 0 is the root, one node whose gate is 1 everywhere. The nodes of level
+l are the children of level l-1's nodes, grouped by parent: parent p's
+children are nodes child_start[p]:child_start[p + 1] of level l. How many
+children a node has is per node (an unbalanced tree has parents with one
+child, which pass their gate on). A node k at level l has gate probability
+
+    pi_k(x) = pi_parent(k)(x) * pi_{k | parent(k)}(x)
+
+and a polynomial expert mu_k(x) with noise sigma_k (DESIGN.md sections 1 and
+3). Every level is a complete mixture of experts; the finest one predicts.
+The training steps that change the tree live in ``skpou._multilevel``.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._gates import sum_over_siblings
+from ._kernels import mixture as _kernels
+
+# Nodes whose gate is below exp(-30) (~1e-13) of the row's largest gate are
+# skipped in the E-step, in predictions and in the polish.
+MIN_LOG_GATE = -30.0
+# Children of a parent whose gate is below exp(-40) of the row's largest are
+# not evaluated (they could not reach MIN_LOG_GATE after the product).
+NEGLIGIBLE_LOG_GATE = -40.0
+
+
+@dataclass
+class Level:
+    """One level's nodes: their sibling groups, gates, experts and noise.
+
+    - ``child_start`` (n_parents + 1,): sibling groups (None at the root);
+    - ``gate_params``: the gate family's parameters of those groups;
+    - ``coef`` (K, M, T): expert coefficients in each node's local basis;
+    - ``centers``, ``scales`` (K, n_features): each expert's local frame;
+    - ``log_var`` (K, T): log noise variances of the last EM sweep;
+    - ``pruned`` (K,): nodes switched off (zero gate everywhere).
+    """
+
+    child_start: np.ndarray = None
+    gate_params: object = None
+    coef: np.ndarray = None
+    centers: np.ndarray = None
+    scales: np.ndarray = None
+    log_var: np.ndarray = None
+    pruned: np.ndarray = None
+
+    @property
+    def n_nodes(self):
+        return self.pruned.shape[0]
+
+
+class PartitionTree:
+    """Levels of nested soft partitions with one polynomial expert per node.
+
+    ``basis`` (``skpou._basis.Basis``) is every expert's basis; ``gates``
+    the gate family (``skpou._gates.GateFamily``); ``noise_var`` (K, T) the
+    finest experts' noise variances for predictions, set after training.
+    """
+
+    min_log_gate = MIN_LOG_GATE
+
+    def __init__(self, basis, gates):
+        self.basis = basis
+        self.gates = gates
+        self.levels = [Level(pruned=np.zeros(1, dtype=bool))]
+        self.noise_var = None
+
+    @property
+    def finest(self):
+        return len(self.levels) - 1
+
+    def copy(self):
+        return copy.deepcopy(self)
+
+    def add_level(self, n_children):
+        """Split every finest node into n_children[p] children (an int: all alike)."""
+        n_parents = self.levels[-1].n_nodes
+        counts = np.broadcast_to(np.asarray(n_children, dtype=np.int64), (n_parents,))
+        child_start = np.concatenate([[0], np.cumsum(counts)])
+        self.levels.append(
+            Level(child_start=child_start, pruned=np.zeros(child_start[-1], dtype=bool))
+        )
+
+    def parents(self, level):
+        """Index, in level - 1, of every node's parent (level >= 1)."""
+        counts = np.diff(self.levels[level].child_start)
+        return np.repeat(np.arange(counts.size), counts)
+
+    def restrict(self, resp, level):
+        """Responsibilities of level - 1 from level's: each node's children summed."""
+        return sum_over_siblings(resp, self.levels[level].child_start)
+
+    def gone(self):
+        """Finest nodes switched off, themselves or through an ancestor."""
+        gone = self.levels[0].pruned
+        for level in range(1, len(self.levels)):
+            gone = gone[self.parents(level)] | self.levels[level].pruned
+        return gone
+
+    def log_gates(self, X, level):
+        """log pi_k(x) (n_samples, K) of every node of a level: the product of
+        the gates above it."""
+        log_gate = np.zeros((X.shape[0], 1))
+        for below in self.levels[1:level + 1]:
+            log_gate = self.gates.child_log_gates(
+                X, below.gate_params, log_gate, below.child_start, below.pruned,
+                NEGLIGIBLE_LOG_GATE,
+            )
+        return log_gate
+
+    def e_step(self, X, Y, level, resp, log_lik):
+        """Responsibilities and per-row log-likelihood of a level's mixture,
+        written into ``resp`` (n, K) and ``log_lik`` (n,); returns the log
+        gates (n, K) (a block of rows at a time: one (n, K) array in all)."""
+        nodes = self.levels[level]
+        log_gate = self.log_gates(X, level)
+        _kernels.e_step(
+            X, Y, log_gate, nodes.centers, nodes.scales, nodes.coef,
+            self.basis.recipe, self.basis.degree, nodes.log_var, MIN_LOG_GATE,
+            resp, log_lik,
+        )
+        return log_gate
+
+    def moments(self, X, level, var, include_spread, log_gate=None):
+        """Mixture mean (n, T) and variance (n, T) of a level at a block of rows.
+
+        The variance is sum_k pi_k (var_k + (mu_k - mean)^2), or only
+        sum_k pi_k var_k without ``include_spread``. ``log_gate``: the
+        level's log gates at X, if known.
+        """
+        nodes = self.levels[level]
+        if log_gate is None:
+            log_gate = self.log_gates(X, level)
+        mean = np.empty((X.shape[0], nodes.coef.shape[2]))
+        variance = np.empty_like(mean)
+        _kernels.mixture_moments(
+            X, log_gate, nodes.centers, nodes.scales, nodes.coef,
+            self.basis.recipe, self.basis.degree, var, MIN_LOG_GATE,
+            include_spread, mean, variance,
+        )
+        return mean, variance
+
+    def expert_means(self, X, level, node):
+        """One expert's polynomial at the rows of X, shape (n_rows, T)."""
+        nodes = self.levels[level]
+        only_node = np.full((X.shape[0], nodes.n_nodes), -np.inf)
+        only_node[:, node] = 0.0
+        no_noise = np.zeros((nodes.n_nodes, nodes.coef.shape[2]))
+        return self.moments(X, level, no_noise, False, only_node)[0]

@@ -1,0 +1,127 @@
+"""skpou._polish: the joint least-squares system, its three routes and solve."""
+
+import numpy as np
+
+import skpou._polish as polish
+from numpy_reference import legendre_basis, random_problem
+from skpou._basis import Basis, legendre_frame_change
+from skpou._gates import make_gate
+from skpou._kernels import polish as kernels
+from skpou._parallel import Threads
+from skpou._tree import PartitionTree
+
+
+def _tree(centers, scales, degree, n_targets=2):
+    tree = PartitionTree(Basis(centers.shape[1], degree), make_gate("linear", (), 0.0))
+    tree.add_level(centers.shape[0])
+    level = tree.levels[1]
+    level.centers, level.scales = centers, scales
+    level.coef = np.zeros((centers.shape[0], tree.basis.size, n_targets))
+    return tree
+
+
+def _log_softmax(logits):
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+def test_blended_normal_equations_kernel_matches_numpy():
+    X, Y, sw, log_gate, centers, scales, powers = random_problem(2, 2, 4, seed=3)
+    min_log_gate = -3.0  # some nodes drop out on some rows
+    M = powers.shape[0]
+    active = log_gate >= log_gate.max(axis=1, keepdims=True) + min_log_gate
+    pairs = [(k, j) for k in range(4) for j in range(k, 4)]
+    pair_id = np.full((4, 4), -1)
+    for p, (k, j) in enumerate(pairs):
+        pair_id[k, j] = p
+    blocks = np.zeros((len(pairs), M, M))
+    rhs = np.zeros((4, M, 2))
+    basis = Basis(2, 2)
+    kernels.blended_normal_equations(X, Y, sw, log_gate, centers, scales, basis.recipe,
+                                     2, min_log_gate, pair_id, blocks, rhs)
+    design = [np.where(active[:, k], np.exp(log_gate[:, k]), 0.0)[:, None]
+              * legendre_basis((X - centers[k]) / scales[k], powers) for k in range(4)]
+    for p, (k, j) in enumerate(pairs):
+        expected = design[k].T @ (sw[:, None] * design[j])
+        got = np.triu(blocks[p]) + np.triu(blocks[p], 1).T if k == j else blocks[p]
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12 * np.abs(expected).max())
+    for k in range(4):
+        np.testing.assert_allclose(rhs[k], design[k].T @ (sw[:, None] * Y), rtol=1e-11)
+    np.testing.assert_array_equal(polish.carrying_gate(log_gate, min_log_gate), active)
+
+
+def test_design_route_matches_sparse_route():
+    """The design route forms each run of rows only for the nodes carrying
+    gate in it; it must equal the block-sparse system."""
+    rng = np.random.default_rng(4)
+    n, n_nodes, degree = 3 * polish.DESIGN_ROWS + 100, 8, 2
+    X = np.sort(rng.uniform(-1, 1, (n, 1)), axis=0)  # runs of rows = slabs in x
+    Y = rng.standard_normal((n, 2))
+    sw = rng.uniform(0.5, 2.0, n)
+
+    def log_gates(X):
+        nodes = np.arange(n_nodes)
+        return _log_softmax(12.0 * X * nodes - 6.0 * nodes**2 / n_nodes)
+
+    tree = _tree(np.linspace(-1, 1, n_nodes)[:, None], np.full((n_nodes, 1), 0.5), degree)
+    tree.min_log_gate = -8.0
+    assert not polish.carrying_gate(log_gates(X[:polish.DESIGN_ROWS]), -8.0).any(axis=0).all()
+    overlaps = np.triu(np.ones((n_nodes, n_nodes), dtype=bool))
+    args = (X, Y, sw, log_gates, tree, overlaps, None, Threads())
+    dense_matrix, dense_rhs = polish._design_system(*args)
+    sparse_matrix, sparse_rhs = polish._sparse_system(*args)
+    np.testing.assert_allclose(dense_matrix, sparse_matrix.toarray(),
+                               atol=1e-12 * np.abs(dense_matrix).max())
+    np.testing.assert_allclose(dense_rhs, sparse_rhs.reshape(dense_rhs.shape),
+                               atol=1e-12 * np.abs(dense_rhs).max())
+
+
+def test_moment_route_matches_design_route():
+    """The system from product moments equals the one from BLAS products of
+    the design rows, in two features with two targets."""
+    rng = np.random.default_rng(6)
+    n, n_nodes, degree = 2 * polish.DESIGN_ROWS + 100, 5, 3
+    X = rng.uniform(-1, 1, (n, 2))
+    Y = rng.standard_normal((n, 2))
+    sw = rng.uniform(0.5, 2.0, n)
+    W = rng.standard_normal((2, n_nodes))
+
+    def log_gates(X):
+        return _log_softmax(3.0 * X @ W)
+
+    centers = rng.uniform(-0.3, 0.3, (n_nodes, 2))
+    scales = rng.uniform(0.5, 1.0, (n_nodes, 2))
+    tree = _tree(centers, scales, degree)
+    tree.min_log_gate = -3.0  # some gates are dropped, and must be in both
+    assert not polish.carrying_gate(log_gates(X), -3.0).all()
+    overlaps = np.zeros((n_nodes, n_nodes), dtype=bool)
+    kernels.overlapping_pairs(log_gates(X), -3.0, overlaps)
+    frame_change = legendre_frame_change(centers, scales, degree)
+    args = (X, Y, sw, log_gates, tree, overlaps, frame_change, Threads())
+    blas_matrix, blas_rhs = polish._design_system(*args)
+    moment_matrix, moment_rhs = polish._moment_system(*args)
+    np.testing.assert_allclose(moment_matrix, blas_matrix, atol=1e-12 * np.abs(blas_matrix).max())
+    np.testing.assert_allclose(moment_rhs, blas_rhs, atol=1e-12 * np.abs(blas_rhs).max())
+
+
+def test_route_choice():
+    assert polish.polish_route(0.1, 100, None) == "sparse"  # few pairs overlap
+    assert polish.polish_route(0.9, 10_000, None) == "sparse"  # too large to be dense
+    assert polish.polish_route(0.9, 100, None) == "design"
+    assert polish.polish_route(0.9, 100, np.eye(3)[None]) == "moments"
+
+
+def test_polish_fits_a_blend_the_experts_alone_cannot():
+    """Two overlapping linear experts, gates frozen, target a quadratic the
+    blend can represent: the polish finds the exact coefficients."""
+    X = np.linspace(-1, 1, 400)[:, None]
+    tree = _tree(np.zeros((2, 1)), np.ones((2, 1)), 1, n_targets=1)
+    gate = 1 / (1 + np.exp(-3 * X))  # pi_1 = sigmoid(3x), pi_0 = 1 - pi_1
+    log_gate = np.log(np.hstack([1 - gate, gate]))
+    tree.log_gates = lambda X_block, level: np.log(
+        np.hstack([1 - 1 / (1 + np.exp(-3 * X_block)), 1 / (1 + np.exp(-3 * X_block))])
+    )
+    truth = np.array([[0.5, -1.0], [2.0, 0.25]])  # (node, basis) in Legendre terms
+    phi = legendre_basis(X, np.array([[0], [1]]))
+    y = (np.exp(log_gate) * (phi @ truth.T)).sum(axis=1, keepdims=True)
+    coef = polish.polish_experts(X, y, np.ones(400), tree, 1e-12, Threads())
+    np.testing.assert_allclose(coef[:, :, 0], truth, atol=1e-7)
