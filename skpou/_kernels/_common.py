@@ -58,9 +58,12 @@ def active_nodes(values, cutoff, relative, active):
 
 
 @kernel
-def row_lists(n_nodes):
-    """Buffers of one chunk's per-node row lists: counts (K,), rows (K, chunk)
-    and the table of their column blocks (see ``select_rows``).
+def piece_buffers(n_nodes, n_basis, n_features, degree, n_targets):
+    """Buffers of the skeleton: one chunk's per-node row lists, counts (K,)
+    and rows (K, chunk), the table of their pieces (``select_rows``), the
+    basis scratch Z (n_basis, COLUMNS) and local values (``basis_columns``),
+    and a piece's row weights (COLUMNS,), ones until a kernel sets them,
+    and per-target values (n_targets, COLUMNS).
 
     The chunk has as many rows as keep the lists within _CHUNK_ENTRIES.
     """
@@ -68,7 +71,9 @@ def row_lists(n_nodes):
     count = np.empty(n_nodes, dtype=np.int64)
     rows = np.empty((n_nodes, chunk), dtype=np.int64)
     pieces = np.empty((n_nodes * (chunk // COLUMNS + 1), 3), dtype=np.int64)
-    return count, rows, pieces
+    Z = np.empty((n_basis, COLUMNS))
+    local = np.empty((n_features, degree + 1, COLUMNS))
+    return count, rows, pieces, Z, local, np.ones(COLUMNS), np.empty((n_targets, COLUMNS))
 
 
 @kernel
@@ -104,12 +109,6 @@ def column_block(rows, pieces, i):
     """Piece i of ``select_rows``: node k, first position lo, and its rows."""
     k, lo, hi = pieces[i, 0], pieces[i, 1], pieces[i, 2]
     return k, lo, rows[k, lo:hi]
-
-
-@kernel
-def basis_scratch(n_basis, n_features, degree):
-    """Scratch for ``basis_columns``: Z (n_basis, COLUMNS) and local values."""
-    return np.empty((n_basis, COLUMNS)), np.empty((n_features, degree + 1, COLUMNS))
 
 
 @kernel
@@ -155,21 +154,11 @@ def basis_columns(X, rows, center, scale, recipe, degree, weight, local, Z):
 
 
 @kernel(fastmath=REASSOC)
-def add_gram_upper(Z, n, gram):
-    """gram[i, j] += sum_a Z[i, a] Z[j, a] for j >= i, a < n."""
+def add_products(Z, V, n, out, upper):
+    """out[i, j] += sum_a Z[i, a] V[j, a], a < n; only j >= i if ``upper``
+    (a Gram matrix, V = Z: the caller mirrors the upper triangle)."""
     for i in range(Z.shape[0]):
-        for j in range(i, Z.shape[0]):
-            acc = 0.0
-            for a in range(n):
-                acc += Z[i, a] * Z[j, a]
-            gram[i, j] += acc
-
-
-@kernel(fastmath=REASSOC)
-def add_cross(Z, V, n, out):
-    """out[i, j] += sum_a Z[i, a] V[j, a], a < n."""
-    for i in range(Z.shape[0]):
-        for j in range(V.shape[0]):
+        for j in range(i if upper else 0, V.shape[0]):
             acc = 0.0
             for a in range(n):
                 acc += Z[i, a] * V[j, a]
@@ -186,3 +175,15 @@ def expert_means(Z, n, coef_k, mu):
             c = coef_k[m, t]
             for a in range(n):
                 mu[t, a] += c * Z[m, a]
+
+
+@kernel
+def piece_expert_means(
+    X, rows, pieces, i, centers, scales, coef, recipe, degree, ones, local, Z, mu
+):
+    """Piece i's node k, first position lo and rows, with node k's expert
+    evaluated on them: mu[t, a] for a < len(rows)."""
+    k, lo, block = column_block(rows, pieces, i)
+    basis_columns(X, block, centers[k], scales[k], recipe, degree, ones, local, Z)
+    expert_means(Z, block.shape[0], coef[k], mu)
+    return k, lo, block

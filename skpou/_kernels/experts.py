@@ -5,17 +5,12 @@ Owner: ``skpou._experts``.
 
 import math
 
-import numpy as np
-
 from ._common import (
-    COLUMNS,
-    add_cross,
-    add_gram_upper,
+    add_products,
     basis_columns,
-    basis_scratch,
     column_block,
-    expert_means,
-    row_lists,
+    piece_buffers,
+    piece_expert_means,
     select_rows,
 )
 from ._jit import kernel
@@ -33,24 +28,21 @@ def normal_equations(
     whose Gram products run along contiguous rows. Only the upper triangle
     of ``gram`` is written; the caller mirrors it.
     """
-    n_samples, n_nodes = resp.shape
-    n_targets = Y.shape[1]
-    count, rows, pieces = row_lists(n_nodes)
-    Z, local = basis_scratch(recipe.shape[0], X.shape[1], degree)
-    root_w = np.empty(COLUMNS)
-    V = np.empty((n_targets, COLUMNS))
-    for start in range(0, n_samples, rows.shape[1]):
+    count, rows, pieces, Z, local, root_w, V = piece_buffers(
+        resp.shape[1], recipe.shape[0], X.shape[1], degree, Y.shape[1]
+    )
+    for start in range(0, X.shape[0], rows.shape[1]):
         _, n_pieces = select_rows(resp, start, min_resp, False, count, rows, pieces)
         for i in range(n_pieces):
             k, _, block = column_block(rows, pieces, i)
             n = block.shape[0]
             for a in range(n):
                 root_w[a] = math.sqrt(resp[block[a], k] * sample_weight[block[a]])
-                for t in range(n_targets):
+                for t in range(Y.shape[1]):
                     V[t, a] = root_w[a] * Y[block[a], t]
             basis_columns(X, block, centers[k], scales[k], recipe, degree, root_w, local, Z)
-            add_gram_upper(Z, n, gram[k])
-            add_cross(Z, V, n, rhs[k])
+            add_products(Z, Z, n, gram[k], True)
+            add_products(Z, V, n, rhs[k], False)
 
 
 @kernel
@@ -63,22 +55,18 @@ def weighted_squared_residuals(
     Computed from residuals, not from the normal equations, so that it stays
     accurate when experts fit to 1e-8: expanding the square would cancel.
     """
-    n_samples, n_nodes = resp.shape
-    n_targets = Y.shape[1]
-    count, rows, pieces = row_lists(n_nodes)
-    Z, local = basis_scratch(recipe.shape[0], X.shape[1], degree)
-    ones = np.ones(COLUMNS)
-    mu = np.empty((n_targets, COLUMNS))
-    for start in range(0, n_samples, rows.shape[1]):
+    count, rows, pieces, Z, local, ones, mu = piece_buffers(
+        resp.shape[1], recipe.shape[0], X.shape[1], degree, Y.shape[1]
+    )
+    for start in range(0, X.shape[0], rows.shape[1]):
         _, n_pieces = select_rows(resp, start, min_resp, False, count, rows, pieces)
         for i in range(n_pieces):
-            k, _, block = column_block(rows, pieces, i)
-            n = block.shape[0]
-            basis_columns(X, block, centers[k], scales[k], recipe, degree, ones, local, Z)
-            expert_means(Z, n, coef[k], mu)
-            for a in range(n):
+            k, _, block = piece_expert_means(
+                X, rows, pieces, i, centers, scales, coef, recipe, degree, ones, local, Z, mu
+            )
+            for a in range(block.shape[0]):
                 d = block[a]
                 w = resp[d, k] * sample_weight[d]
-                for t in range(n_targets):
+                for t in range(Y.shape[1]):
                     residual = Y[d, t] - mu[t, a]
                     out[k, t] += w * residual * residual

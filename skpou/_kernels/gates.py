@@ -6,7 +6,7 @@ group per parent: parent p's children are columns child_start[p]:child_start[p +
 
 import numpy as np
 
-from ._common import COLUMNS, add_cross, exp
+from ._common import COLUMNS, add_products, exp
 from ._jit import kernel
 
 
@@ -171,7 +171,7 @@ def softmax_newton_terms(
                 for j in range(n_children):
                     prob_p[j, a] = exp(log_prob[d, base + j])
                     residual[j, a] = s * (resp[d, base + j] - u * prob_p[j, a])
-            add_cross(residual[:n_children], features, n, grad[p, :n_children])
+            add_products(residual[:n_children], features, n, grad[p, :n_children], False)
             n_near = 0
             for j in range(n_children):
                 largest = 0.0
@@ -190,8 +190,9 @@ def softmax_newton_terms(
                                 parent_weight[a] * prob_p[j, a]
                                 * (delta - prob_p[jj, a]) * features[f, a]
                             )
-                    add_cross(
+                    add_products(
                         weighted, features, n,
                         curvature[p, j * n_features:(j + 1) * n_features,
                                   jj * n_features:(jj + 1) * n_features],
+                        False,
                     )

@@ -8,14 +8,10 @@ import math
 import numpy as np
 
 from ._common import (
-    COLUMNS,
     LOG_2PI,
-    basis_columns,
-    basis_scratch,
-    column_block,
     exp,
-    expert_means,
-    row_lists,
+    piece_buffers,
+    piece_expert_means,
     select_rows,
 )
 from ._jit import kernel
@@ -31,25 +27,23 @@ def e_step(
     Nodes that do not carry gate on a row (``_common.active_nodes``) get
     responsibility zero there without their expert being evaluated.
     """
-    n_samples, n_nodes = log_gate.shape
+    n_nodes = log_gate.shape[1]
     n_targets = Y.shape[1]
-    count, rows, pieces = row_lists(n_nodes)
-    Z, local = basis_scratch(recipe.shape[0], X.shape[1], degree)
-    ones = np.ones(COLUMNS)
-    mu = np.empty((n_targets, COLUMNS))
+    count, rows, pieces, Z, local, ones, mu = piece_buffers(
+        n_nodes, recipe.shape[0], X.shape[1], degree, n_targets
+    )
     inv_var = np.exp(-log_var)
     log_norm = np.empty(n_nodes)
     for k in range(n_nodes):
         log_norm[k] = -0.5 * (log_var[k].sum() + n_targets * LOG_2PI)
-    for start in range(0, n_samples, rows.shape[1]):
+    for start in range(0, X.shape[0], rows.shape[1]):
         stop, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
         resp[start:stop] = -np.inf  # log joint density until normalized below
         for i in range(n_pieces):
-            k, _, block = column_block(rows, pieces, i)
-            n = block.shape[0]
-            basis_columns(X, block, centers[k], scales[k], recipe, degree, ones, local, Z)
-            expert_means(Z, n, coef[k], mu)
-            for a in range(n):
+            k, _, block = piece_expert_means(
+                X, rows, pieces, i, centers, scales, coef, recipe, degree, ones, local, Z, mu
+            )
+            for a in range(block.shape[0]):
                 d = block[a]
                 value = log_gate[d, k] + log_norm[k]
                 for t in range(n_targets):
@@ -80,23 +74,22 @@ def mixture_moments(
     would cancel catastrophically where the experts fit tightly. Without
     ``include_spread`` only sum_k pi_k s_k^2 is summed.
     """
-    n_samples, n_nodes = log_gate.shape
+    n_nodes = log_gate.shape[1]
     n_targets = coef.shape[2]
-    count, rows, pieces = row_lists(n_nodes)
+    count, rows, pieces, Z, local, ones, mu = piece_buffers(
+        n_nodes, recipe.shape[0], X.shape[1], degree, n_targets
+    )
     means = np.empty((n_nodes, n_targets, rows.shape[1]))  # each expert on its rows
-    Z, local = basis_scratch(recipe.shape[0], X.shape[1], degree)
-    ones = np.ones(COLUMNS)
-    for start in range(0, n_samples, rows.shape[1]):
+    for start in range(0, X.shape[0], rows.shape[1]):
         stop, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
         mean[start:stop] = 0.0
         variance[start:stop] = 0.0
         for i in range(n_pieces):
-            k, lo, block = column_block(rows, pieces, i)
-            n = block.shape[0]
-            basis_columns(X, block, centers[k], scales[k], recipe, degree, ones, local, Z)
-            mu = means[k, :, lo:lo + n]
-            expert_means(Z, n, coef[k], mu)
-            for a in range(n):
+            k, lo, block = piece_expert_means(
+                X, rows, pieces, i, centers, scales, coef, recipe, degree, ones, local, Z, mu
+            )
+            means[k, :, lo:lo + block.shape[0]] = mu[:, :block.shape[0]]
+            for a in range(block.shape[0]):
                 gate = exp(log_gate[block[a], k])
                 for t in range(n_targets):
                     mean[block[a], t] += gate * mu[t, a]

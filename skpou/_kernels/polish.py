@@ -10,13 +10,11 @@ import numpy as np
 from ._common import (
     COLUMNS,
     active_nodes,
-    add_cross,
-    add_gram_upper,
+    add_products,
     basis_columns,
-    basis_scratch,
     column_block,
     exp,
-    row_lists,
+    piece_buffers,
     select_rows,
 )
 from ._jit import kernel
@@ -41,18 +39,16 @@ def blended_normal_equations(
     merge finds them) into blocks of rows and multiplies those with BLAS
     (Numba's ``@``), which is several times faster than loops here.
     """
-    n_samples, n_nodes = log_gate.shape
+    n_nodes = log_gate.shape[1]
     n_basis = recipe.shape[0]
-    n_targets = Y.shape[1]
-    count, rows, pieces = row_lists(n_nodes)
-    Z, local = basis_scratch(n_basis, X.shape[1], degree)
+    count, rows, pieces, Z, local, weight, V = piece_buffers(
+        n_nodes, n_basis, X.shape[1], degree, Y.shape[1]
+    )
     offset = np.empty(n_nodes + 1, dtype=np.int64)
     kept = np.empty((4 * rows.shape[1], n_basis))  # (row, node) pairs of the chunk
-    weight = np.empty(COLUMNS)
-    V = np.empty((n_targets, COLUMNS))
     first = np.empty((COLUMNS, n_basis))
     second = np.empty((COLUMNS, n_basis))
-    for start in range(0, n_samples, rows.shape[1]):
+    for start in range(0, X.shape[0], rows.shape[1]):
         _, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
         offset[0] = 0
         for k in range(n_nodes):
@@ -65,11 +61,11 @@ def blended_normal_equations(
             for a in range(n):
                 root_s = math.sqrt(sample_weight[block[a]])
                 weight[a] = root_s * exp(log_gate[block[a], k])
-                for t in range(n_targets):
+                for t in range(Y.shape[1]):
                     V[t, a] = root_s * Y[block[a], t]
             basis_columns(X, block, centers[k], scales[k], recipe, degree, weight, local, Z)
-            add_cross(Z, V, n, rhs[k])
-            add_gram_upper(Z, n, blocks[pair_id[k, k]])
+            add_products(Z, V, n, rhs[k], False)
+            add_products(Z, Z, n, blocks[pair_id[k, k]], True)
             for a in range(n):
                 kept[offset[k] + lo + a] = Z[:, a]
         for k in range(n_nodes):
@@ -108,13 +104,12 @@ def blended_design(X, log_gate, centers, scales, recipe, degree, min_log_gate, o
     overlap on most rows: the polish system is then nearly dense and is
     formed with BLAS products of these rows (``skpou._polish``).
     """
-    n_samples, n_nodes = log_gate.shape
     n_basis = recipe.shape[0]
-    count, rows, pieces = row_lists(n_nodes)
-    Z, local = basis_scratch(n_basis, X.shape[1], degree)
-    gate = np.empty(COLUMNS)
+    count, rows, pieces, Z, local, gate, _ = piece_buffers(
+        log_gate.shape[1], n_basis, X.shape[1], degree, 0
+    )
     out[:] = 0.0
-    for start in range(0, n_samples, rows.shape[1]):
+    for start in range(0, X.shape[0], rows.shape[1]):
         _, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
         for i in range(n_pieces):
             k, _, block = column_block(rows, pieces, i)
