@@ -3,6 +3,12 @@
 Build (warnings are errors)::
 
     python -m sphinx -W -b html doc doc/_build/html
+
+Check that the built site renders its math offline, in headless Chromium
+(``apt-get install chromium``; exits non-zero on raw or unrendered math or a
+remote MathJax)::
+
+    python doc/check_math_rendering.py doc/_build/html --screenshot math.png
 """
 
 import os
@@ -31,10 +37,24 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # MathJax shipped with the site, so math renders offline (see below)
+    "sphinx-mathjax-offline",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
     "myst_parser",
 ]
+
+# Math: sphinx.ext.mathjax alone points every page at MathJax on a CDN, so
+# offline (a local build, a docs tarball, a firewalled machine) formulas stay
+# raw TeX such as \(N^{-(m+1)}\). The sphinx-mathjax-offline extension
+# (PyPI, in the ``doc`` extra of setup.cfg) carries MathJax 3.2.2 inside the
+# Python package: it copies it into ``_static/mathjax`` (24 MB) at the end of
+# the build and sets ``mathjax_path`` to that copy. Nothing is fetched at build
+# time, and ``pip install -e ".[doc]"`` is all a build needs (imgmath would
+# need LaTeX and dvipng from the system). Do not set ``mathjax_path`` here: a
+# URL would bring the CDN back (tests/test_docs_config.py guards this). The
+# extension declares no parallel safety, so ``-W -j N`` fails on Sphinx's
+# warning about it: build without ``-j``.
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
