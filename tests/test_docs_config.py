@@ -9,11 +9,9 @@ doc/check_math_rendering.py, which is not part of this suite.
 import ast
 import configparser
 import importlib
-import importlib.util
 import re
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "doc" / "conf.py"
@@ -74,27 +72,3 @@ def test_offline_extension_in_doc_extra():
     doc_extra = setup["options.extras_require"]["doc"].split()
     names = {re.split(r"[<>=!~ \[;]", line, maxsplit=1)[0].lower() for line in doc_extra}
     assert OFFLINE_EXTENSION in names
-
-
-def test_offline_extension_ships_local_mathjax():
-    """Where the extension is installed, it points Sphinx at a copy it ships."""
-    pytest.importorskip("sphinx")
-    if importlib.util.find_spec(OFFLINE_EXTENSION) is None:
-        pytest.skip(f"{OFFLINE_EXTENSION} is not installed")
-    module = importlib.import_module(OFFLINE_EXTENSION)
-
-    class _Config:
-        mathjax_path = "https://cdn.example/mathjax.js"
-
-    class _App:
-        config = _Config()
-
-        def connect(self, event, callback, *args, **kwargs):
-            pass
-
-    app = _App()
-    module.setup(app)
-    path = app.config.mathjax_path
-    assert not URL.match(path), f"{OFFLINE_EXTENSION} set a remote path {path!r}"
-    shipped = Path(module.__file__).parent / "static" / path
-    assert shipped.is_file(), f"{shipped} is missing"
