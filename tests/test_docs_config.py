@@ -8,10 +8,8 @@ doc/check_math_rendering.py, which is not part of this suite.
 
 import ast
 import configparser
-import importlib
 import re
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "doc" / "conf.py"
