@@ -1,4 +1,4 @@
-"""Suite "paper": reproduce the demonstrations of DESIGN.md section 5.
+"""Suite "paper": reproduce the demonstrations of doc/design.md section 5.
 
 Trask, Henriksen, Martinez, Cyr, "Hierarchical partition of unity networks:
 fast multilevel training", PMLR 190 (2022). Each experiment is regenerated
@@ -255,7 +255,7 @@ def run(report, quick, repeats, out_dir):
     report.add(
         "Summary: paper reproduction",
         "Relative L2 test error of the current-version estimator on each of "
-        "the paper's experiments (DESIGN.md section 5). Defaults (linear, "
+        "the paper's experiments (doc/design.md section 5). Defaults (linear, "
         "i.e. softmax-affine, gates) unless stated; the paper used small tanh "
         "MLP gates (`gate=\"mlp\"`, random_state=0). I-V curves "
         "use `TransformedTargetRegressor(func=np.log, inverse_func=np.exp)` "

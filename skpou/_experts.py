@@ -1,7 +1,7 @@
 """The experts' M-step: normal equations and their solves.
 
 The expert M-step of EM is one weighted least-squares problem per node
-(DESIGN.md section 2),
+(doc/design.md section 2),
 
     (sum_d w_kd phi_k(x_d) phi_k(x_d)^T + alpha I) c_k = sum_d w_kd phi_k(x_d) y_d,
 

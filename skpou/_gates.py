@@ -9,7 +9,7 @@ The gate M-step maximises the soft-label cross-entropy
 
     J_p(theta_p) = sum_d s_d sum_j r_dj log pi_{j|p}(x_d; theta_p)
 
-separately for every parent p (DESIGN.md section 3): no closed form, but a
+separately for every parent p (doc/design.md section 3): no closed form, but a
 small, smooth problem that a second-order method solves in a few steps.
 
 - :class:`SoftmaxGate`: logits affine ("linear") or quadratic in x, fitted by

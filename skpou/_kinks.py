@@ -15,9 +15,9 @@ least, and becomes sharper.
   two partitions are fitted by one of the two experts to within a typical
   (median) error e, while across the gap the experts differ by at least
   KINK_RATIO * e. Blends of experts that fit a smooth target (any
-  gate_alpha) stay as EM left them: there the experts differ by at most
-  ~40 e (measured on the smooth targets of the tests, against 1e5-1e8 e at
-  the kinks of a piecewise quadratic).
+  gate_alpha) stay as EM left them: there the experts differ by a few tens
+  of e, orders of magnitude below KINK_RATIO, while at the kinks of a
+  piecewise polynomial they differ by far more (``tests/test_kinks.py``).
 - Where to: the local minima of the experts' squared difference between the
   first and the last sample of the two partitions, nearest to the current
   boundary first; so a boundary EM left a sample or two off the kink is
@@ -50,8 +50,7 @@ KINK_RATIO = 1e3
 # Logit slope (per unit of the scaled input, whose data span [-1, 1]) of a
 # moved boundary, unless EM's is steeper. Its transition zone (minor gate
 # above e^-30) is ~3e-6 of the input range, so that few held-out points fall
-# in it (at 1e6, 12 kinks and n = 1e4 they still cost ~4e-8 of relative
-# error). The logits grow to ~1e7-1e8; log gates are taken relative to the
+# in it. The logits grow to ~1e7-1e8; log gates are taken relative to the
 # largest logit, so only the logits' own rounding (~1e-8) remains, which
 # jitters soft blends of other siblings of the same gate by as little.
 SHARP_SLOPE = 1e7

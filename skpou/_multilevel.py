@@ -1,6 +1,6 @@
 """Multilevel EM over the partition tree: the paper's Algorithm 1.
 
-Training is expectation-maximization (DESIGN.md sections 2-4):
+Training is expectation-maximization (doc/design.md sections 2-4):
 
 - E-step (``e_step``): responsibilities w_kd proportional to
   pi_k(x_d) N(y_d; mu_k(x_d), sigma_k^2);

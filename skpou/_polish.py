@@ -3,7 +3,7 @@
 EM fits each expert to its own responsibilities; where gates overlap, the
 blended mean sum_k pi_k mu_k is then not the least-squares optimum. The
 polish solves for every coefficient at once, the deterministic POU
-network's problem (DESIGN.md section 6):
+network's problem (doc/design.md section 6):
 
     min_c  sum_d s_d |y_d - sum_k pi_k(x_d) phi_k(x_d) . c_k|^2
            + alpha W sum_k |c_k - c_k^EM|^2,           W = sum_d s_d.

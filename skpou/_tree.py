@@ -8,7 +8,7 @@ child, which pass their gate on). A node k at level l has gate probability
 
     pi_k(x) = pi_parent(k)(x) * pi_{k | parent(k)}(x)
 
-and a polynomial expert mu_k(x) with noise sigma_k (DESIGN.md sections 1 and
+and a polynomial expert mu_k(x) with noise sigma_k (doc/design.md sections 1 and
 3). Every level is a complete mixture of experts; the finest one predicts.
 The training steps that change the tree live in ``skpou._multilevel``.
 """

@@ -1,4 +1,4 @@
-"""Accuracy claims of the paper (Trask et al. 2022, DESIGN.md section 5).
+"""Accuracy claims of the paper (Trask et al. 2022, doc/design.md section 5).
 
 Errors are relative L2 errors on held-out points, never on the training
 points. Every test runs in a few seconds on one core.

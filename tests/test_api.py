@@ -172,7 +172,7 @@ def test_cross_val_score(data_1d):
 
 
 def test_n_jobs_gives_bit_identical_predictions():
-    # More rows than one row block (8192), and enough nodes and basis
+    # More rows than one row block (ROWS_PER_BLOCK), and enough nodes and basis
     # functions for the threaded solves: both parallel paths are exercised.
     rng = np.random.RandomState(0)
     X = rng.uniform(0, 1, (9000, 2))
