@@ -33,9 +33,9 @@ def exp(x):
     return math.exp(x) if x > _EXP_UNDERFLOW else 0.0
 
 
-@kernel
-def active_nodes(values, cutoff, relative, active):
-    """Write into ``active`` the nodes active on one row; return how many.
+@kernel(inline="always")
+def activity_threshold(values, cutoff, relative):
+    """The threshold of ``is_active`` on one row.
 
     ``relative``: values are log gates, and a node is active (carries gate)
     when within exp(cutoff) of the row's largest gate; the others are
@@ -43,15 +43,27 @@ def active_nodes(values, cutoff, relative, active):
     belongs to, not their number. Otherwise values are responsibilities,
     active above ``cutoff``.
     """
-    threshold = cutoff
-    if relative:
-        largest = -np.inf
-        for k in range(values.shape[0]):
-            largest = max(largest, values[k])
-        threshold = largest + cutoff
+    if not relative:
+        return cutoff
+    largest = -np.inf
+    for k in range(values.shape[0]):
+        largest = max(largest, values[k])
+    return largest + cutoff
+
+
+@kernel(inline="always")
+def is_active(value, threshold, relative):
+    return value >= threshold if relative else value > threshold
+
+
+@kernel
+def active_nodes(values, cutoff, relative, active):
+    """Write into ``active`` the nodes active on one row (``is_active``);
+    return how many."""
+    threshold = activity_threshold(values, cutoff, relative)
     n_active = 0
     for k in range(values.shape[0]):
-        if values[k] >= threshold if relative else values[k] > threshold:
+        if is_active(values[k], threshold, relative):
             active[n_active] = k
             n_active += 1
     return n_active
@@ -86,14 +98,13 @@ def select_rows(values, start, cutoff, relative, count, rows, pieces):
     Returns stop and the number of pieces.
     """
     stop = min(start + rows.shape[1], values.shape[0])
-    active = np.empty(values.shape[1], dtype=np.int64)
     count[:] = 0
     for d in range(start, stop):
-        n_active = active_nodes(values[d], cutoff, relative, active)
-        for i in range(n_active):
-            k = active[i]
-            rows[k, count[k]] = d
-            count[k] += 1
+        threshold = activity_threshold(values[d], cutoff, relative)
+        for k in range(values.shape[1]):
+            if is_active(values[d, k], threshold, relative):
+                rows[k, count[k]] = d
+                count[k] += 1
     n_pieces = 0
     for k in range(count.shape[0]):
         for lo in range(0, count[k], COLUMNS):
@@ -153,16 +164,30 @@ def basis_columns(X, rows, center, scale, recipe, degree, weight, local, Z):
             Z[m, a] = Z[prefix, a] * local[feature, power, a]
 
 
-@kernel(fastmath=REASSOC)
-def add_products(Z, V, n, out, upper):
-    """out[i, j] += sum_a Z[i, a] V[j, a], a < n; only j >= i if ``upper``
-    (a Gram matrix, V = Z: the caller mirrors the upper triangle)."""
-    for i in range(Z.shape[0]):
-        for j in range(i if upper else 0, V.shape[0]):
-            acc = 0.0
-            for a in range(n):
-                acc += Z[i, a] * V[j, a]
-            out[i, j] += acc
+def _product_sums(upper):
+    """out[i, j] += sum_a Z[i, a] V[j, a], a < n; only j >= i if ``upper``.
+
+    ``upper`` is fixed per compiled function (a closure constant), so the
+    loops compile as if written out: a run-time flag costs the small-basis
+    Gram products ~15%.
+    """
+
+    @kernel(fastmath=REASSOC)
+    def add(Z, V, n, out):
+        for i in range(Z.shape[0]):
+            for j in range(i if upper else 0, V.shape[0]):
+                acc = 0.0
+                for a in range(n):
+                    acc += Z[i, a] * V[j, a]
+                out[i, j] += acc
+
+    return add
+
+
+# Gram matrices (V = Z, upper triangle only: the caller mirrors it) and
+# cross products.
+add_gram_upper = _product_sums(upper=True)
+add_cross = _product_sums(upper=False)
 
 
 @kernel(fastmath=REASSOC)
@@ -177,7 +202,7 @@ def expert_means(Z, n, coef_k, mu):
                 mu[t, a] += c * Z[m, a]
 
 
-@kernel
+@kernel(inline="always")
 def piece_expert_means(
     X, rows, pieces, i, centers, scales, coef, recipe, degree, ones, local, Z, mu
 ):

@@ -6,7 +6,8 @@ Owner: ``skpou._experts``.
 import math
 
 from ._common import (
-    add_products,
+    add_cross,
+    add_gram_upper,
     basis_columns,
     column_block,
     piece_buffers,
@@ -41,8 +42,8 @@ def normal_equations(
                 for t in range(Y.shape[1]):
                     V[t, a] = root_w[a] * Y[block[a], t]
             basis_columns(X, block, centers[k], scales[k], recipe, degree, root_w, local, Z)
-            add_products(Z, Z, n, gram[k], True)
-            add_products(Z, V, n, rhs[k], False)
+            add_gram_upper(Z, Z, n, gram[k])
+            add_cross(Z, V, n, rhs[k])
 
 
 @kernel

@@ -6,7 +6,7 @@ group per parent: parent p's children are columns child_start[p]:child_start[p +
 
 import numpy as np
 
-from ._common import COLUMNS, add_products, exp
+from ._common import COLUMNS, add_cross, exp
 from ._jit import kernel
 
 
@@ -27,12 +27,17 @@ def shift_by_sibling_max(logits, parent_log_gate, child_start, cutoff, out):
         for p in range(n_parents):
             parent_max = max(parent_max, parent_log_gate[d, p])
         for p in range(n_parents):
+            first, stop = child_start[p], child_start[p + 1]  # locals: stores do not reload them
             largest = -np.inf
             if parent_log_gate[d, p] >= parent_max + cutoff:
-                for j in range(child_start[p], child_start[p + 1]):
+                for j in range(first, stop):
                     largest = max(largest, logits[d, j])
-            for j in range(child_start[p], child_start[p + 1]):
-                out[d, j] = -np.inf if largest == -np.inf else logits[d, j] - largest
+            if largest == -np.inf:
+                for j in range(first, stop):
+                    out[d, j] = -np.inf
+            else:
+                for j in range(first, stop):
+                    out[d, j] = logits[d, j] - largest
 
 
 @kernel
@@ -59,7 +64,8 @@ def add_log_normalizer(shifted, log_total, parent_log_gate, child_start):
             if log_total[d, p] == -np.inf:
                 continue
             shift = parent_log_gate[d, p] - log_total[d, p]
-            for j in range(child_start[p], child_start[p + 1]):
+            first, stop = child_start[p], child_start[p + 1]
+            for j in range(first, stop):
                 shifted[d, j] += shift
 
 
@@ -121,8 +127,6 @@ def softmax_newton_terms(
     rows = np.empty(n_samples, dtype=np.int64)
     features = np.empty((n_features, COLUMNS))
     weighted = np.empty((n_features, COLUMNS))
-    prob_p = np.empty((max_children, COLUMNS))
-    residual = np.empty((max_children, COLUMNS))
     parent_weight = np.empty(COLUMNS)
     near = np.empty(max_children, dtype=np.int64)
     likeliest = np.empty(n_samples, dtype=np.int64)
@@ -131,6 +135,9 @@ def softmax_newton_terms(
     for p in range(n_parents):
         base = child_start[p]
         n_children = child_start[p + 1] - base
+        # sized to the parent's children: whole arrays keep the products' loops simple
+        prob_p = np.empty((n_children, COLUMNS))
+        residual = np.empty((n_children, COLUMNS))
         n_rows = 0
         group_start[:] = 0
         for d in range(n_samples):
@@ -171,7 +178,7 @@ def softmax_newton_terms(
                 for j in range(n_children):
                     prob_p[j, a] = exp(log_prob[d, base + j])
                     residual[j, a] = s * (resp[d, base + j] - u * prob_p[j, a])
-            add_products(residual[:n_children], features, n, grad[p, :n_children], False)
+            add_cross(residual, features, n, grad[p])
             n_near = 0
             for j in range(n_children):
                 largest = 0.0
@@ -190,9 +197,8 @@ def softmax_newton_terms(
                                 parent_weight[a] * prob_p[j, a]
                                 * (delta - prob_p[jj, a]) * features[f, a]
                             )
-                    add_products(
+                    add_cross(
                         weighted, features, n,
                         curvature[p, j * n_features:(j + 1) * n_features,
                                   jj * n_features:(jj + 1) * n_features],
-                        False,
                     )

@@ -10,7 +10,8 @@ import numpy as np
 from ._common import (
     COLUMNS,
     active_nodes,
-    add_products,
+    add_cross,
+    add_gram_upper,
     basis_columns,
     column_block,
     exp,
@@ -64,8 +65,8 @@ def blended_normal_equations(
                 for t in range(Y.shape[1]):
                     V[t, a] = root_s * Y[block[a], t]
             basis_columns(X, block, centers[k], scales[k], recipe, degree, weight, local, Z)
-            add_products(Z, V, n, rhs[k], False)
-            add_products(Z, Z, n, blocks[pair_id[k, k]], True)
+            add_cross(Z, V, n, rhs[k])
+            add_gram_upper(Z, Z, n, blocks[pair_id[k, k]])
             for a in range(n):
                 kept[offset[k] + lo + a] = Z[:, a]
         for k in range(n_nodes):
