@@ -19,16 +19,28 @@ class TrainingData:
     Every row has positive weight: rows without weight are dropped first.
     """
 
-    __slots__ = ("X", "Y", "sample_weight")
+    __slots__ = ("X", "Y", "sample_weight", "_n_distinct")
 
     def __init__(self, X, Y, sample_weight):
         self.X = np.ascontiguousarray(X)
         self.Y = np.ascontiguousarray(Y)
         self.sample_weight = sample_weight
+        self._n_distinct = None
 
     @property
     def n_samples(self):
         return self.X.shape[0]
+
+    @property
+    def n_distinct(self):
+        """Distinct input rows (rows in canonical order: equal ones adjacent).
+
+        What decides how many unknowns the rows determine: neither repeating
+        rows nor scaling weights changes it.
+        """
+        if self._n_distinct is None:
+            self._n_distinct = _count_distinct(self.X)
+        return self._n_distinct
 
     def rows(self, index):
         return TrainingData(self.X[index], self.Y[index], self.sample_weight[index])
@@ -86,7 +98,7 @@ def prepare(X, Y, sample_weight):
         X, Y, sample_weight = X[weighted], Y[weighted], sample_weight[weighted]
     order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
     X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
-    n_distinct = 1 + int(np.count_nonzero((X_scaled[1:] != X_scaled[:-1]).any(axis=1)))
+    n_distinct = _count_distinct(X_scaled)
     scaling = Scaling.fit(X, Y, sample_weight)
     X_scaled -= scaling.x_offset
     X_scaled /= scaling.x_scale
@@ -94,6 +106,12 @@ def prepare(X, Y, sample_weight):
     Y_scaled /= scaling.y_scale  # divided first: no overflow near the float range
     Y_scaled -= scaling.y_offset / scaling.y_scale
     return TrainingData(X_scaled, Y_scaled, sample_weight[order]), scaling, n_distinct
+
+
+def _count_distinct(X_sorted):
+    return int(X_sorted.shape[0] > 0) + int(
+        np.count_nonzero((X_sorted[1:] != X_sorted[:-1]).any(axis=1))
+    )
 
 
 def em_subsample(data, size, random_state):
@@ -107,3 +125,29 @@ def em_subsample(data, size, random_state):
     if size is None or data.n_samples <= size:
         return data
     return data.rows(np.sort(random_state.choice(data.n_samples, size, replace=False)))
+
+
+def validation_split(data, fraction, max_rows, random_state):
+    """Training and held-out rows: about a ``fraction`` of the rows held out,
+    at most ``fraction * max_rows`` (None: no cap), at least one row each.
+
+    Equal rows are held out together, and which ones only depends on their
+    place among the distinct rows (which the canonical order fixes): rows
+    repeated k times then split as one row of weight k does, so integer
+    weights stay equivalent to repeated rows. Both parts keep the canonical
+    row order.
+    """
+    distinct = np.r_[True, (data.X[1:] != data.X[:-1]).any(axis=1)
+                     | (data.Y[1:] != data.Y[:-1]).any(axis=1)]
+    group = np.cumsum(distinct) - 1
+    n_groups = group[-1] + 1
+    share = fraction
+    if max_rows is not None and data.n_samples > max_rows:
+        share = fraction * max_rows / data.n_samples
+    held_out_group = random_state.random_sample(n_groups) < share
+    if n_groups > 1 and not held_out_group.any():
+        held_out_group[random_state.randint(n_groups)] = True
+    if held_out_group.all():
+        held_out_group[random_state.randint(n_groups)] = False
+    held_out = held_out_group[group]
+    return data.rows(~held_out), data.rows(held_out)

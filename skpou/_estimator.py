@@ -27,7 +27,8 @@ from sklearn.utils.validation import (
 
 from . import _multilevel
 from ._basis import Basis
-from ._data import em_subsample, prepare
+from . import _refinement
+from ._data import em_subsample, prepare, validation_split
 from ._gates import make_gate
 from ._kinks import place_boundaries_at_crossings
 from ._parallel import local_threads
@@ -40,12 +41,17 @@ from ._tree import PartitionTree
 # times costlier for little gain.
 AUTO_MAX_DEGREE = 4
 AUTO_MAX_BASIS = 56
+# partitions="auto" starts refinement at this degree at most (p-steps raise it).
+START_DEGREE = 2
 # gate_alpha="auto" for the softmax gates: sharper transitions in 1-D and 2-D,
 # smoother ones from 3-D on, where the default tree's partitions are wide and
 # each expert alone is a coarse fit, so wide blends are what makes the mean
 # accurate (the user guide's section on gate_alpha has the measurements).
 AUTO_GATE_ALPHA_LOW_DIM = 1e-2
 AUTO_GATE_ALPHA_HIGH_DIM = 0.3
+# partitions="auto" also tries gates this sharp (the value exact reproduction
+# of piecewise polynomials needs) and keeps them if held-out error prefers.
+SHARP_GATE_ALPHA = 1e-20
 
 
 class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
@@ -212,7 +218,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "partitions": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "partitions": ["array-like", Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "degree": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "gate": [StrOptions({"linear", "quadratic", "mlp"})],
         "gate_hidden_sizes": ["array-like"],
@@ -223,6 +229,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         "n_cycles": [Interval(Integral, 0, None, closed="left")],
         "em_subsample": [Interval(Integral, 1, None, closed="left"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "n_jobs": [Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -231,7 +240,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        partitions=(4, 4),
+        partitions="auto",
         degree="auto",
         *,
         gate="linear",
@@ -243,6 +252,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         n_cycles=5,
         tol=1e-4,
         em_subsample=100_000,
+        early_stopping="auto",
+        validation_fraction=0.1,
+        n_iter_no_change=2,
         n_jobs=None,
         random_state=None,
         verbose=0,
@@ -259,6 +271,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self.n_cycles = n_cycles
         self.tol = tol
         self.em_subsample = em_subsample
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -318,7 +333,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     def _validate_training_data(self, X, y, sample_weight):
         """Validated float64 X (n, d), y (n,) or (n, T), and weights (n,)."""
-        _validated_sizes(self.partitions, "partitions")
+        if not _is_auto(self.partitions):
+            _validated_sizes(self.partitions, "partitions")
         _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
         if isinstance(self.degree, bool):
             raise ValueError(f"degree must be an integer or \"auto\"; got {self.degree!r}.")
@@ -332,12 +348,19 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         return X, y, sample_weight
 
     def _resolve_auto_params(self, n_features, n_distinct):
-        """The fitted values of the "auto" parameters, and the basis check."""
-        self.partitions_ = _validated_sizes(self.partitions, "partitions")
-        if self.degree == "auto":
-            self.degree_ = _auto_degree(n_features, n_distinct)
-        else:
+        """The "auto" parameters' values for this data, and the basis check.
+
+        With ``partitions="auto"`` the degree is the start of refinement
+        (raised by p-steps), at most 2; with a fixed tree it is the degree
+        the dimension affords (``_auto_degree``).
+        """
+        adaptive = _is_auto(self.partitions)
+        if self.degree != "auto":
             self.degree_ = self.degree
+        elif adaptive:
+            self.degree_ = min(_auto_degree(n_features, n_distinct), START_DEGREE)
+        else:
+            self.degree_ = _auto_degree(n_features, n_distinct)
         if self.gate_alpha == "auto":
             self.gate_alpha_ = _auto_gate_alpha(self.gate, n_features)
         else:
@@ -350,56 +373,159 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 f"{n_basis} basis functions: at least that many "
                 "samples are needed. Lower `degree` or add samples."
             )
-        self.powers_ = Basis(n_features, self.degree_).powers
 
     def _train(self, data, n_distinct, threads):
-        """Multilevel EM, then the steps after it; sets the fitted tree."""
+        """Multilevel EM (on a fixed or a growing tree), then the steps after
+        it; sets the fitted tree and the training history."""
         settings = _multilevel.EMSettings(
             alpha=self.alpha, sigma=self.sigma, n_jobs=self.n_jobs,
             threads=threads, verbose=self.verbose,
         )
         n_features = data.X.shape[1]
-        warm_start_key = (self.partitions_, self.gate, tuple(self.gate_hidden_sizes), n_features)
-        keep_partitions = (
-            self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key
-        )
-        if keep_partitions:
-            tree = self.tree_.copy()
-        else:
-            tree = PartitionTree(None, None)
-        tree.basis = Basis(n_features, self.degree_)
-        # Gate families hold settings only: built from the current parameters.
-        tree.gates = make_gate(self.gate, self.gate_hidden_sizes, self.gate_alpha_)
-
+        adaptive = _is_auto(self.partitions)
+        shape = "auto" if adaptive else _validated_sizes(self.partitions, "partitions")
+        warm_start_key = (shape, self.gate, tuple(self.gate_hidden_sizes), n_features)
+        previous = None
+        if self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key:
+            previous = self.tree_.copy()
+        gates = make_gate(self.gate, self.gate_hidden_sizes, self.gate_alpha_)
         random_state = check_random_state(self.random_state)
-        em_data = em_subsample(data, self.em_subsample, random_state)
-        if keep_partitions:
-            _multilevel.refit_experts_on_frozen_gates(tree, em_data, settings)
+        early_stopping = adaptive if self.early_stopping == "auto" else self.early_stopping
+        if early_stopping:
+            train, valid = validation_split(
+                data, self.validation_fraction, self.em_subsample, random_state
+            )
+            train = em_subsample(train, self.em_subsample, random_state)
+            if valid.n_samples == 0:  # too few distinct rows to hold any out
+                train, valid = data, None
         else:
-            _multilevel.initialize(tree, em_data, self.partitions_, settings, random_state)
-        losses, converged = _multilevel.run_v_cycles(
-            tree, em_data, self.n_cycles, self.tol, settings
+            train, valid = em_subsample(data, self.em_subsample, random_state), None
+        self._history = _TrainingHistory()
+        if adaptive:
+            tree = self._grow(previous, gates, train, valid, settings, random_state)
+        else:
+            tree = self._fixed_tree(previous, gates, train, valid, shape, settings,
+                                    random_state)
+        polish_alpha = self.alpha if self.polish else None
+        if valid is not None and self.polish:
+            determined = tree.levels[-1].coef.size // data.Y.shape[1] <= train.n_distinct
+            polish_alpha, errors = _refinement.choose_polish_ridge(
+                tree, train, valid, threads, determined
+            )
+            _multilevel.log(settings, "polish ridge " + (
+                "none" if polish_alpha is None else f"{polish_alpha:g}"
+            ) + ": held-out errors " + ", ".join(f"{e:.3e}" for e in errors))
+        self._finish(tree, data, train is not data, n_distinct, polish_alpha,
+                     previous is not None, settings)
+        self.tree_ = tree
+        self._warm_start_key = warm_start_key
+        self.degree_ = tree.basis.degree
+        self.partitions_ = (
+            tuple(level.n_nodes for level in tree.levels[1:]) if adaptive else shape
         )
-        if em_data is not data:
+        self.n_partitions_ = int((~tree.gone()).sum())
+        self.powers_ = tree.basis.powers
+        self.polished_ = polish_alpha is not None
+        self.polish_alpha_ = polish_alpha
+        history = self._history
+        del self._history
+        self.loss_curve_ = history.losses
+        self.n_iter_ = len(history.losses)
+        self.converged_ = history.converged
+        self.validation_score_ = np.array(history.validation_scores)
+        self.train_score_ = np.array(history.train_scores)
+        self.refinement_path_ = history.path
+
+    def _fixed_tree(self, previous, gates, train, valid, shape, settings, random_state):
+        """The paper's mode: the given tree shape, trained by V-cycles."""
+        n_features = train.X.shape[1]
+        if previous is not None:
+            tree = previous
+            tree.basis, tree.gates = Basis(n_features, self.degree_), gates
+            _multilevel.refit_experts_on_frozen_gates(tree, train, settings)
+        else:
+            tree = PartitionTree(Basis(n_features, self.degree_), gates)
+            _multilevel.initialize(tree, train, shape, settings, random_state)
+        history = self._history
+        if valid is None:
+            losses, history.converged = _multilevel.run_v_cycles(
+                tree, train, self.n_cycles, self.tol, settings
+            )
+            history.losses.extend(losses)
+            return tree
+        best_error = _refinement.blended_error(tree, valid, settings.threads)
+        best, no_change = tree.copy(), 0
+        for _ in range(self.n_cycles):
+            history.losses.append(-_multilevel.v_cycle(tree, train, tree.finest, settings)[1])
+            error = _refinement.blended_error(tree, valid, settings.threads)
+            history.record(error, _refinement.blended_error(tree, train, settings.threads))
+            if error < best_error * (1 - _refinement.MIN_IMPROVEMENT):
+                best, best_error, no_change = tree.copy(), error, 0
+            else:
+                no_change += 1
+                if no_change >= self.n_iter_no_change:
+                    history.converged = True
+                    break
+        return best
+
+    def _grow(self, previous, gates, train, valid, settings, random_state):
+        """partitions="auto": adaptive hp-refinement judged on held-out rows.
+
+        Without held-out rows (early_stopping=False, or too few distinct rows
+        to hold any out) the tree is the root alone.
+        """
+        n_features = train.X.shape[1]
+        if self.degree == "auto":  # what the training rows determine
+            self.degree_ = min(self.degree_, _auto_degree(n_features, train.n_distinct))
+        if valid is None:
+            tree = PartitionTree(Basis(n_features, self.degree_), gates)
+            _multilevel.initialize(tree, train, (), settings, random_state)
+            self._history.converged = True
+            return tree
+        if previous is not None:
+            previous.gates = gates
+            tree, path = previous, []
+            tree, error, _ = _refinement.train_validated(
+                tree, train, valid, self.n_cycles, 1, settings
+            )
+        else:
+            sharp = None
+            if self.gate_alpha == "auto" and self.gate != "mlp":
+                sharp = make_gate(self.gate, self.gate_hidden_sizes, SHARP_GATE_ALPHA)
+            tree, path = _refinement.start(
+                Basis(n_features, self.degree_), gates, train, valid, self.n_cycles,
+                settings, random_state, sharp,
+            )
+            self.gate_alpha_ = tree.gates.ridge
+        tree, path = _refinement.grow(
+            tree, path, train, valid, self.n_cycles, self.n_iter_no_change, settings,
+            random_state, fixed_degree=self.degree != "auto",
+        )
+        history = self._history
+        for step in path:
+            history.record(step.validation_error, step.train_error)
+        history.path = [vars(step) for step in path]
+        history.losses.extend(loss for step in path for loss in step.losses)
+        history.converged = True
+        return tree
+
+    def _finish(self, tree, data, refit, n_distinct, polish_alpha, warm, settings):
+        """After EM: experts on all rows (if EM saw only some: ``refit``),
+        kinks, polish, noise."""
+        threads = settings.threads
+        if refit:
             _multilevel.refit_finest_experts(tree, data, settings)
-        if n_features == 1 and self.gate == "linear" and not (
-            keep_partitions and self.n_cycles == 0  # frozen partitions stay
+        if data.X.shape[1] == 1 and self.gate == "linear" and not (
+            warm and self.n_cycles == 0  # frozen partitions stay
         ):
             moved = place_boundaries_at_crossings(tree, data, threads)
             _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
-        if self.polish:
+        if polish_alpha is not None:
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             tree.levels[-1].coef = polish_experts(
-                data.X, data.Y, data.sample_weight, tree, self.alpha, threads, determined
+                data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined
             )
         _multilevel.refit_noise(tree, data, threads)
-
-        self.tree_ = tree
-        self._warm_start_key = warm_start_key
-        self.loss_curve_ = losses
-        self.n_iter_ = len(losses)
-        self.converged_ = converged
-        self.polished_ = bool(self.polish)
 
     def _warn_about_pruned_partitions(self):
         gone = self.tree_.gone()
@@ -574,3 +700,24 @@ def _validated_sizes(sizes, name):
             f"{name} must be a non-empty tuple of positive integers; got {sizes!r}."
         )
     return tuple(int(v) for v in values)
+
+
+def _is_auto(value):
+    return isinstance(value, str) and value == "auto"
+
+
+class _TrainingHistory:
+    """What a fit records as it trains, for the fitted attributes."""
+
+    def __init__(self):
+        self.losses = []
+        self.validation_scores = []
+        self.train_scores = []
+        self.path = []
+        self.converged = False
+
+    def record(self, validation_error, train_error):
+        # errors are mean squared errors of standardized targets: 1 - error
+        # is close to the R^2 of the rows
+        self.validation_scores.append(1.0 - validation_error)
+        self.train_scores.append(1.0 - train_error)

@@ -61,6 +61,76 @@ class GateFamily(Protocol):
     def m_step(self, X, sample_weight, resp, params, child_start, threads, max_iter=None):
         """New parameters that increase sum_p J_p for responsibilities (n, K)."""
 
+    def initial_params(self, child_start, n_features, random_state):
+        """Parameters of a level before any fit."""
+
+    def select(self, params, parents, nodes):
+        """The parameters of some groups (``parents``, their ``nodes``)."""
+
+    def replace(self, params, parents, nodes, selected):
+        """``params`` with those groups' parameters replaced by ``selected``."""
+
+
+# Groups of one child: the child's gate is its parent's, and there is
+# nothing to fit. An unbalanced tree passes most nodes on like this, so the
+# level functions below evaluate and fit only the groups of two or more.
+
+
+def _split_groups(child_start):
+    """Parents with two or more children, their nodes (a mask over the
+    level), and those groups' own child_start."""
+    counts = np.diff(child_start)
+    parents = np.flatnonzero(counts > 1)
+    nodes = np.repeat(counts > 1, counts)
+    return parents, nodes, np.concatenate([[0], np.cumsum(counts[parents])])
+
+
+def level_log_gates(gates, X, params, parent_log_gate, child_start, pruned, cutoff):
+    """log pi (n, K) of every node of a level, given its parents' log gates.
+
+    ``gates`` is the family. A pruned node gets -inf, and so, through the
+    product, does its subtree.
+    """
+    counts = np.diff(child_start)
+    if counts.min() > 1:
+        return gates.child_log_gates(X, params, parent_log_gate, child_start, pruned, cutoff)
+    log_gate = parent_log_gate[:, np.repeat(np.arange(counts.size), counts)]
+    log_gate[:, pruned] = -np.inf
+    parents, nodes, group_start = _split_groups(child_start)
+    if parents.size:
+        log_gate[:, nodes] = gates.child_log_gates(
+            X, gates.select(params, parents, nodes), parent_log_gate[:, parents],
+            group_start, pruned[nodes], cutoff,
+        )
+    return log_gate
+
+
+def fit_level_split(gates, X, sample_weight, labels, split_logits, child_start,
+                    threads, max_iter, random_state):
+    """``GateFamily.fit_split`` for the groups of two or more children."""
+    parents, nodes, group_start = _split_groups(child_start)
+    if parents.size == child_start.size - 1:
+        return gates.fit_split(X, sample_weight, labels, split_logits, child_start,
+                               threads, max_iter, random_state)
+    params = gates.initial_params(child_start, X.shape[1], random_state)
+    if parents.size:
+        fitted = gates.fit_split(X, sample_weight, labels[:, nodes], split_logits[nodes],
+                                 group_start, threads, max_iter, random_state)
+        params = gates.replace(params, parents, nodes, fitted)
+    return params
+
+
+def level_m_step(gates, X, sample_weight, resp, params, child_start, threads):
+    """``GateFamily.m_step`` for the groups of two or more children."""
+    parents, nodes, group_start = _split_groups(child_start)
+    if parents.size == 0:
+        return params
+    if parents.size == child_start.size - 1:
+        return gates.m_step(X, sample_weight, resp, params, child_start, threads)
+    fitted = gates.m_step(X, sample_weight, np.ascontiguousarray(resp[:, nodes]),
+                          gates.select(params, parents, nodes), group_start, threads)
+    return gates.replace(params, parents, nodes, fitted)
+
 
 def make_gate(kind, hidden_sizes, ridge):
     """The gate family named by the estimator's ``gate`` parameter."""
@@ -208,6 +278,17 @@ class SoftmaxGate:
         best = scales[np.argmax(objectives, axis=0)]  # per parent
         theta = np.repeat(best, counts)[:, None] * direction
         return self.m_step(X, sample_weight, labels, theta, child_start, threads, max_iter)
+
+    def initial_params(self, child_start, n_features, random_state):
+        return np.zeros((child_start[-1], self.features(np.zeros((1, n_features))).shape[1]))
+
+    def select(self, params, parents, nodes):
+        return params[nodes]
+
+    def replace(self, params, parents, nodes, selected):
+        params = params.copy()
+        params[nodes] = selected
+        return params
 
     def _sibling_log_softmax(self, G, theta, child_start):
         """log pi_{j|p} of every child given its parent, at features G."""
@@ -385,10 +466,20 @@ class MLPGate:
         """Gates of a new level, fitted to the split's labels from random
         (Glorot) weights: a tanh network cannot start at the split's affine
         logits."""
-        params = self._initial_params(child_start, X.shape[1], random_state)
+        params = self.initial_params(child_start, X.shape[1], random_state)
         return self.m_step(X, sample_weight, labels, params, child_start, threads, max_iter)
 
-    def _initial_params(self, child_start, n_features, random_state):
+    def select(self, params, parents, nodes):
+        """The groups' networks (each keeps max_children outputs)."""
+        return tuple(param[parents] for param in params)
+
+    def replace(self, params, parents, nodes, selected):
+        params = tuple(param.copy() for param in params)
+        for param, new in zip(params, selected):
+            param[parents, ..., : new.shape[-1]] = new
+        return params
+
+    def initial_params(self, child_start, n_features, random_state):
         n_parents = child_start.size - 1
         sizes = (n_features, *self.hidden_sizes, np.diff(child_start).max())
         params = []

@@ -34,7 +34,7 @@ from ._experts import (
     solve_normal_equations,
     weighted_squared_residuals,
 )
-from ._gates import child_log_gates
+from ._gates import child_log_gates, fit_level_split, level_m_step
 
 # Smallest half-width of an expert's local frame, in units of the unit box.
 MIN_FRAME_SCALE = 1e-6
@@ -90,26 +90,36 @@ def initialize(tree, data, partitions, settings, random_state):
     resp = np.ones((data.n_samples, 1))
     m_step_experts(tree, data, 0, resp, settings)
     m_step_noise(tree, data, 0, resp, settings)
-    for level, n_children in enumerate(partitions, start=1):
-        tree.add_level(n_children)
-        child_start = tree.levels[level].child_start
-        split, split_logits = split_along_axis(data, resp, child_start, tree.basis.degree)
-        tree.levels[level].gate_params = tree.gates.fit_split(
-            data.X, data.sample_weight, split, split_logits, child_start,
-            settings.threads, INIT_GATE_ITER, random_state,
-        )
-        # Release each (n_samples, n_nodes) array before the next is made:
-        # they are the largest arrays of the fit.
-        del split, resp
-        resp = tree.log_gates(data.X, level)
-        resp = np.exp(resp, out=resp)
-        m_step_experts(tree, data, level, resp, settings)
-        m_step_noise(tree, data, level, resp, settings)
-        del resp
+    for n_children in partitions:
+        add_level(tree, data, resp, n_children, settings, random_state)
+        del resp  # the largest arrays of the fit: one at a time
         for _ in range(INIT_SWEEPS):
-            resp, log_lik = relax(tree, data, level, settings)
-        log(settings, f"initialized level {level}: {resp.shape[1]} partitions, "
+            resp, log_lik = relax(tree, data, tree.finest, settings)
+        log(settings, f"initialized level {tree.finest}: {resp.shape[1]} partitions, "
                       f"loss={-log_lik:.6e}")
+
+
+def add_level(tree, data, resp, n_children, settings, random_state):
+    """Split every finest node into its number of children (``n_children``:
+    an int, or one per node; 1 passes the node on unchanged).
+
+    ``resp`` (n_samples, K): the finest level's responsibilities, which the
+    split divides among the children. The new gates are fitted to the split
+    and the children's experts to their gates.
+    """
+    tree.add_level(n_children)
+    level = tree.finest
+    child_start = tree.levels[level].child_start
+    split, split_logits = split_along_axis(data, resp, child_start, tree.basis.degree)
+    tree.levels[level].gate_params = fit_level_split(
+        tree.gates, data.X, data.sample_weight, split, split_logits, child_start,
+        settings.threads, INIT_GATE_ITER, random_state,
+    )
+    del split
+    gates = tree.log_gates(data.X, level)
+    gates = np.exp(gates, out=gates)
+    m_step_experts(tree, data, level, gates, settings)
+    m_step_noise(tree, data, level, gates, settings)
 
 
 def run_v_cycles(tree, data, n_cycles, tol, settings):
@@ -133,23 +143,23 @@ def run_v_cycles(tree, data, n_cycles, tol, settings):
     return losses, False
 
 
-def v_cycle(tree, data, level, settings):
+def v_cycle(tree, data, level, settings, coarsest=1):
     """One V-cycle (the paper's Algorithm 1 with S_pre=0, S_coarse=S_post=1).
 
     Restriction: summing the fine responsibilities over siblings gives
     the coarse ones, which update the coarse gate (objective L_f2c).
-    Coarse correction: a V-cycle one level up. Prolongation needs no
-    transfer: the fine gates read the coarse gate through the product.
-    Post-relaxation: one EM sweep on this level. Returns its
-    responsibilities and mean log-likelihood.
+    Coarse correction: a V-cycle one level up, down to level ``coarsest``.
+    Prolongation needs no transfer: the fine gates read the coarse gate
+    through the product. Post-relaxation: one EM sweep on this level.
+    Returns its responsibilities and mean log-likelihood.
     """
-    if level > 1:
+    if level > max(coarsest, 1):
         resp, _, _ = e_step(tree, data, level, settings)
         coarse_resp = tree.restrict(resp, level)
         del resp
         m_step_gates(tree, data, level - 1, coarse_resp, settings)
         del coarse_resp
-        v_cycle(tree, data, level - 1, settings)
+        v_cycle(tree, data, level - 1, settings, coarsest)
     return relax(tree, data, level, settings)
 
 
@@ -270,9 +280,9 @@ def noise_variances(squared, mass, relative_floor=None):
 def m_step_gates(tree, data, level, resp, settings):
     """Update the conditional gates pi_{j|parent} of one level."""
     nodes = tree.levels[level]
-    nodes.gate_params = tree.gates.m_step(
-        data.X, data.sample_weight, resp, nodes.gate_params, nodes.child_start,
-        settings.threads,
+    nodes.gate_params = level_m_step(
+        tree.gates, data.X, data.sample_weight, resp, nodes.gate_params,
+        nodes.child_start, settings.threads,
     )
 
 
@@ -300,7 +310,7 @@ def split_along_axis(data, resp, child_start, degree):
         steps = np.arange(n_children)
         weight = sw * resp[:, p]
         rows = weight > MIN_RESPONSIBILITY * sw
-        if not rows.any():
+        if n_children == 1 or not rows.any():
             labels[:, children] = resp[:, [p]] / n_children
             continue  # its children's logits stay zero
         mean = np.average(X[rows], axis=0, weights=weight[rows])
@@ -347,13 +357,17 @@ def split_along_axis(data, resp, child_start, degree):
 # ------------------------------------------------------------ after EM
 
 
-def refit_experts_on_frozen_gates(tree, data, settings):
+def refit_experts_on_frozen_gates(tree, data, settings, coarsest=0):
     """Warm start: keep the partitions, refit every expert (p-refinement).
 
     With the gates frozen, each expert is fitted to its partition's
     gate-weighted data, then the noise is refitted for those experts.
+    Levels above ``coarsest`` drop their experts: only their gates serve
+    the levels below.
     """
-    for level in range(len(tree.levels)):
+    for level in range(coarsest):
+        tree.levels[level].coef = tree.levels[level].log_var = None
+    for level in range(coarsest, len(tree.levels)):
         resp = np.exp(tree.log_gates(data.X, level))
         m_step_experts(tree, data, level, resp, settings)
         m_step_noise(tree, data, level, resp, settings)

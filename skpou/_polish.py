@@ -51,7 +51,13 @@ def polish_route(share_overlapping, n_unknowns, frame_change):
 
 
 def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True):
-    """The finest experts' coefficients (K, M, T) that minimize the blended error.
+    """``polish_candidates`` for one ridge: the coefficients (K, M, T)."""
+    return polish_candidates(X, Y, sample_weight, tree, (alpha,), threads, determined)[0]
+
+
+def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=True):
+    """The finest experts' coefficients (K, M, T) that minimize the blended
+    error, for each ridge in ``alphas`` (the system is formed once).
 
     ``tree`` gives the frozen gates and the EM coefficients, towards which
     the ridge alpha pulls (so nodes the data barely reach keep them). With
@@ -85,17 +91,21 @@ def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True):
         X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
     )
     total = sample_weight.sum()
-    if not determined:
-        alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
-    rhs = rhs.reshape(size, n_targets) / total + alpha * level.coef.reshape(size, n_targets)
-    if route == "sparse":
-        matrix = (matrix / total + alpha * sparse.eye_array(size)).tocsc()
-        solution = splu(matrix).solve(rhs)
-    else:
-        matrix /= total
-        matrix[np.diag_indices(size)] += alpha
-        solution = solve_spd(matrix, rhs)
-    return solution.reshape(n_nodes, n_basis, n_targets)
+    matrix /= total  # the dense matrix is the largest array of the fit: in place
+    rhs = rhs.reshape(size, n_targets) / total
+    diagonal = None if route == "sparse" else matrix.diagonal().copy()
+    solutions = []
+    for alpha in alphas:
+        if not determined:
+            alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
+        pulled = rhs + alpha * level.coef.reshape(size, n_targets)
+        if route == "sparse":
+            solution = splu((matrix + alpha * sparse.eye_array(size)).tocsc()).solve(pulled)
+        else:
+            matrix[np.diag_indices(size)] = diagonal + alpha
+            solution = solve_spd(matrix, pulled)
+        solutions.append(solution.reshape(n_nodes, n_basis, n_targets))
+    return solutions
 
 
 def carrying_gate(log_gate, min_log_gate):

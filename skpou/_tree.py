@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._gates import sum_over_siblings
+from ._gates import level_log_gates, sum_over_siblings
 from ._kernels import mixture as _kernels
 
 # Nodes whose gate is below exp(-30) (~1e-13) of the row's largest gate are
@@ -107,9 +107,9 @@ class PartitionTree:
         the gates above it."""
         log_gate = np.zeros((X.shape[0], 1))
         for below in self.levels[1:level + 1]:
-            log_gate = self.gates.child_log_gates(
-                X, below.gate_params, log_gate, below.child_start, below.pruned,
-                NEGLIGIBLE_LOG_GATE,
+            log_gate = level_log_gates(
+                self.gates, X, below.gate_params, log_gate, below.child_start,
+                below.pruned, NEGLIGIBLE_LOG_GATE,
             )
         return log_gate
 

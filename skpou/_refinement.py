@@ -1,0 +1,330 @@
+"""Adaptive hp-refinement: the tree grows where held-out error says it helps.
+
+``partitions="auto"`` (doc/design.md section 7). The tree starts as one
+expert over the whole domain and grows a level at a time. Each step:
+
+1. error indicators: each finest partition's share of the training error,
+   the gate-weighted squared residuals of the blended mean;
+2. marking: the largest errors making up half of the total (Doerfler
+   marking, as adaptive finite elements do);
+3. h or p: where the marked experts' Legendre coefficients decay fast
+   (a smooth target), a higher degree pays (p); where they decay slowly (a
+   kink or steep layer inside the partition), splitting pays (h). The
+   degree is one for the whole tree: a p-step raises it everywhere, an
+   h-step splits only the marked partitions (the others pass on to the new
+   level unchanged, so the tree becomes unbalanced);
+4. warm start: children inherit their parent's data through the split
+   gates; V-cycles over the last levels re-balance the tree; each cycle is
+   judged on the held-out rows and the best state is kept.
+
+A step is kept if it lowers the held-out error; if not, the other kind of
+step is tried from the same state. Refinement stops after ``patience``
+steps without improvement, or when the training rows cannot determine
+more unknowns. Local model networks (LOLIMOT) grow by splitting the worst
+local model in the same greedy way; the h/p rule is hp-FEM's (Mavriplis
+1994; Houston and Suli 2005).
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _multilevel
+from ._basis import Basis
+from ._polish import polish_candidates
+from ._tree import PartitionTree
+
+# Doerfler marking: the partitions with the largest errors whose sum makes
+# up this share of the total error.
+MARKED_ERROR_SHARE = 0.5
+# A partition is smooth (p pays more than h) when its expert's Legendre
+# coefficients fall by at least this factor per degree (decay rate 1 in
+# the hp-FEM indicator, e^-1 per degree).
+SMOOTH_DECAY = 1.0
+# Rows (effective, sum of gate weights) per unknown below which the data
+# cannot determine an expert: a partition needs 2 M rows after a split,
+# and a raised degree at most half as many unknowns in all as rows.
+ROWS_PER_UNKNOWN = 4.0
+MAX_DEGREE = 10
+# A step improves when it lowers the held-out error by this fraction.
+MIN_IMPROVEMENT = 5e-2
+# V-cycles after a step span this many of the finest levels: the coarser
+# ones converged in earlier steps.
+CYCLE_DEPTH = 3
+
+
+@dataclass
+class Step:
+    """One refinement step, for the fitted ``refinement_path_``."""
+
+    kind: str  # "start", "h" or "p"
+    n_partitions: int
+    degree: int
+    validation_error: float
+    train_error: float
+    n_cycles: int
+    seconds: float
+    kept: bool
+    losses: list  # the EM objective after each V-cycle
+
+
+def blended_error(tree, data, threads):
+    """Weighted mean squared error of the blended mean (standardized units,
+    averaged over outputs)."""
+    level = tree.finest
+    no_noise = np.zeros(tree.levels[level].coef.shape[::2])
+
+    def block(X, Y, sample_weight):
+        mean, _ = tree.moments(X, level, no_noise, False)
+        return (sample_weight @ ((Y - mean) ** 2).mean(axis=1),)
+
+    (total,) = threads.sum(block, data.X, data.Y, data.sample_weight)
+    return float(total / data.sample_weight.sum())
+
+
+def partition_errors(tree, data, threads):
+    """Per finest partition: its gate-weighted share of the blended mean's
+    squared error (K,), and its effective number of distinct rows (K,)."""
+    level = tree.finest
+    no_noise = np.zeros(tree.levels[level].coef.shape[::2])
+
+    def block(X, Y, sample_weight):
+        log_gate = tree.log_gates(X, level)
+        mean, _ = tree.moments(X, level, no_noise, False, log_gate)
+        gate = np.exp(log_gate)
+        return gate.T @ (sample_weight * ((Y - mean) ** 2).mean(axis=1)), gate.T @ sample_weight
+
+    errors, mass = threads.sum(block, data.X, data.Y, data.sample_weight)
+    return errors, mass * data.n_distinct / data.sample_weight.sum()
+
+
+def legendre_decay(coef, powers):
+    """Decay rate per node of its expert's Legendre coefficients (K,).
+
+    The energy of degree t, E_t = |coefficients of total degree t|, is
+    fitted by log E_t = a - rate * t over the highest degrees (up to four,
+    from degree 1 on); an expert of degree 1 gets log(E_0 / E_1). Smooth
+    targets give fast decay (large rate).
+    """
+    total_degree = powers.sum(axis=1)
+    degree = int(total_degree.max())
+    energy = np.stack(
+        [np.sqrt((coef[:, total_degree == t] ** 2).sum(axis=(1, 2))) for t in range(degree + 1)],
+        axis=1,
+    )
+    log_energy = np.log(np.maximum(energy, 1e-300))
+    if degree <= 1:
+        return log_energy[:, 0] - log_energy[:, -1]
+    t = np.arange(max(1, degree - 3), degree + 1)
+    slope = np.polyfit(t, log_energy[:, t].T, 1)[0]
+    return -slope
+
+
+def mark(errors, eligible):
+    """Doerfler marking among the eligible partitions: the fewest with the
+    largest errors whose sum reaches MARKED_ERROR_SHARE of the eligible total."""
+    order = np.argsort(-np.where(eligible, errors, -np.inf), kind="stable")
+    order = order[eligible[order]]
+    marked = np.zeros(errors.shape, dtype=bool)
+    if order.size == 0:
+        return marked
+    cumulative = np.cumsum(errors[order])
+    n_marked = int(np.searchsorted(cumulative, MARKED_ERROR_SHARE * cumulative[-1])) + 1
+    marked[order[:n_marked]] = True
+    return marked
+
+
+def h_step(tree, data, marked, settings, random_state):
+    """Split each marked finest partition in two; the others pass on."""
+    gates = np.exp(tree.log_gates(data.X, tree.finest))
+    _multilevel.add_level(
+        tree, data, gates, np.where(marked, 2, 1), settings, random_state
+    )
+
+
+def p_step(tree, data, settings):
+    """Raise the experts' degree by one and refit them on frozen gates.
+
+    Only the levels V-cycles still reach keep experts (CYCLE_DEPTH of
+    them): above, only the gates matter from now on.
+    """
+    tree.basis = Basis(tree.basis.n_features, tree.basis.degree + 1)
+    _multilevel.refit_experts_on_frozen_gates(
+        tree, data, settings, coarsest=max(tree.finest - CYCLE_DEPTH + 1, 0)
+    )
+
+
+def train_validated(tree, train, valid, n_cycles, patience, settings):
+    """Up to ``n_cycles`` V-cycles over the last CYCLE_DEPTH levels, each
+    judged on the held-out rows; returns the best tree, its held-out error
+    and the EM objective after each cycle run."""
+    best, best_error = tree.copy(), blended_error(tree, valid, settings.threads)
+    no_change = 0
+    losses = []
+    for _ in range(n_cycles if tree.finest > 0 else 0):
+        _, log_lik = _multilevel.v_cycle(tree, train, tree.finest, settings,
+                                         coarsest=tree.finest - CYCLE_DEPTH + 1)
+        losses.append(-log_lik)
+        error = blended_error(tree, valid, settings.threads)
+        if error < best_error * (1 - 1e-3):
+            best, best_error, no_change = tree.copy(), error, 0
+        else:
+            no_change += 1
+            if no_change >= patience:
+                break
+    return best, best_error, losses
+
+
+def _cycles(tree, n_cycles):
+    """V-cycles a step may take, and cycles without improvement before it
+    stops: sharp gates need more to sharpen."""
+    if tree.gates.ridge < SHARP_RIDGE:
+        return max(n_cycles, SHARP_CYCLES), 3
+    return n_cycles, 1
+
+
+def _step(kind, tree, error, losses, train, threads, t0):
+    return Step(kind, int((~tree.gone()).sum()), tree.basis.degree, error,
+                blended_error(tree, train, threads), len(losses),
+                time.perf_counter() - t0, False, losses)
+
+
+# Start trees tried before refinement (the smallest first): greedy h-steps
+# cannot see past a step that does not pay by itself (a wave of 12 pieces
+# is fitted no better by 2 or 3 partitions than by 1), so a few levels of
+# uniform splits are tried too, where the rows determine them.
+START_TREES = ((), (2,), (2, 2), (4, 2), (4, 4))
+# EM cycles that let sharp gates (gate_alpha below SHARP_RIDGE) sharpen.
+SHARP_CYCLES = 30
+SHARP_RIDGE = 1e-6
+
+
+def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_gates=None):
+    """The best start for refinement: the root alone or a uniform tree.
+
+    ``sharp_gates``: a second gate family to try on the largest start tree
+    (with SHARP_CYCLES cycles: EM needs them to sharpen gates), for targets
+    whose pieces need sharp transitions. Returns the tree and its path of
+    steps; the tree's ``gates`` is the family that won.
+    """
+    outcomes = []
+    shapes = [shape for shape in START_TREES
+              if int(np.prod(shape)) * basis.size * 2 * ROWS_PER_UNKNOWN <= train.n_distinct]
+    tries = [(shape, gates, n_cycles) for shape in shapes or [()]]
+    if sharp_gates is not None:  # both families with the cycles sharp gates need
+        tries[-1] = (tries[-1][0], gates, SHARP_CYCLES)
+        tries.append((tries[-1][0], sharp_gates, SHARP_CYCLES))
+    for shape, family, cycles in tries:
+        t0 = time.perf_counter()
+        tree = PartitionTree(basis, family)
+        _multilevel.initialize(tree, train, shape, settings, random_state)
+        tree, error, losses = train_validated(tree, train, valid, cycles,
+                                              _cycles(tree, cycles)[1], settings)
+        # Judged polished: EM's own blend of smooth gates is not the fit the
+        # polish makes of them, and would favour sharp gates wrongly.
+        _, polished = choose_polish_ridge(tree, train, valid, settings.threads, True)
+        outcomes.append((min(polished), tree, _step("start", tree, error, losses, train,
+                                                     settings.threads, t0)))
+        _multilevel.log(settings, f"start {shape}, gate_alpha {family.ridge:g}: "
+                                  f"validation error {error:.3e}, polished {min(polished):.3e}")
+    _, tree, step = min(outcomes, key=lambda outcome: outcome[0])
+    step.kept = True
+    return tree, [outcome[2] for outcome in outcomes]
+
+
+def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
+         fixed_degree=False):
+    """Refine ``tree`` while held-out error falls (no p-steps if
+    ``fixed_degree``).
+
+    Returns the best tree and the path of steps (``Step``), ``path``'s first.
+    """
+    threads = settings.threads
+    best_error = blended_error(tree, valid, threads)
+    best, current = tree.copy(), tree
+    failures = 0
+    while failures < patience:
+        kinds = [kind for kind in _step_kinds(current, train, threads)
+                 if not (fixed_degree and kind[0] == "p")]
+        if not kinds:
+            break
+        outcomes = []
+        for kind, marked in kinds:
+            t0 = time.perf_counter()
+            candidate = current.copy()
+            if kind == "h":
+                h_step(candidate, train, marked, settings, random_state)
+            else:
+                p_step(candidate, train, settings)
+            candidate, error, losses = train_validated(
+                candidate, train, valid, *_cycles(candidate, n_cycles), settings
+            )
+            step = _step(kind, candidate, error, losses, train, threads, t0)
+            path.append(step)
+            _multilevel.log(settings, f"{kind}-step: {step.n_partitions} partitions, "
+                                      f"degree {step.degree}, validation error "
+                                      f"{error:.3e}, {step.n_cycles} cycles, "
+                                      f"{step.seconds:.2f}s")
+            outcomes.append((error, candidate, step))
+            if error < best_error * (1 - MIN_IMPROVEMENT):
+                break  # the indicated kind improved: no need for the other
+        error, current, step = min(outcomes, key=lambda outcome: outcome[0])
+        if error < best_error * (1 - MIN_IMPROVEMENT):
+            best, best_error, failures = current.copy(), error, 0
+            step.kept = True
+        else:
+            failures += 1
+    return best, path
+
+
+def _step_kinds(tree, data, threads):
+    """The steps to try, the indicated kind first: [("h", marked), ("p", None)].
+
+    Empty when the rows cannot determine more unknowns.
+    """
+    errors, rows = partition_errors(tree, data, threads)
+    n_basis = tree.basis.size
+    splittable = (rows >= 2 * ROWS_PER_UNKNOWN * n_basis) & ~tree.gone()
+    raised = Basis(tree.basis.n_features, tree.basis.degree + 1).size
+    can_raise = (
+        tree.basis.degree < MAX_DEGREE
+        and (~tree.gone()).sum() * raised * ROWS_PER_UNKNOWN <= data.n_distinct
+    )
+    kinds = []
+    marked = mark(errors, splittable)
+    if marked.any():
+        kinds.append(("h", marked))
+    if can_raise:
+        kinds.append(("p", None))
+    # Sharp gates won on held-out rows: the target has pieces, which h-steps
+    # resolve exactly and raised degrees only approximate.
+    if len(kinds) == 2 and tree.gates.ridge >= SHARP_RIDGE:
+        everywhere = mark(errors, ~tree.gone())
+        decay = legendre_decay(tree.levels[-1].coef, tree.basis.powers)
+        smooth = errors[everywhere & (decay >= SMOOTH_DECAY)].sum()
+        if smooth > 0.5 * errors[everywhere].sum():
+            kinds.reverse()
+    return kinds
+
+
+# Polish ridges tried on the held-out rows. Many small partitions of high
+# degree leave the joint system ill-conditioned; a ridge towards the EM
+# coefficients then decides the directions the rows barely determine.
+POLISH_RIDGES = (1e-10, 1e-8, 1e-6, 1e-4)
+
+
+def choose_polish_ridge(tree, train, valid, threads, determined):
+    """The polish ridge with the least held-out error, and the errors
+    (unpolished first, then one per POLISH_RIDGES); None if no polish
+    beats the EM coefficients."""
+    errors = [blended_error(tree, valid, threads)]
+    candidates = polish_candidates(
+        train.X, train.Y, train.sample_weight, tree, POLISH_RIDGES, threads, determined
+    )
+    polished = tree.copy()
+    for coef in candidates:
+        polished.levels[-1].coef = coef
+        errors.append(blended_error(polished, valid, threads))
+    best = int(np.argmin(errors))
+    return (None if best == 0 else POLISH_RIDGES[best - 1]), errors
