@@ -407,16 +407,25 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             tree = self._fixed_tree(previous, gates, train, valid, shape, settings,
                                     random_state)
         polish_alpha = self.alpha if self.polish else None
-        if valid is not None and self.polish:
-            determined = tree.levels[-1].coef.size // data.Y.shape[1] <= train.n_distinct
-            polish_alpha, errors = _refinement.choose_polish_ridge(
-                tree, train, valid, threads, determined
+        variance_scale = 1.0
+        if valid is not None:
+            fitted = tree
+            if self.polish:
+                determined = tree.levels[-1].coef.size // data.Y.shape[1] <= train.n_distinct
+                polish_alpha, fitted, errors = _refinement.choose_polish_ridge(
+                    tree, train, valid, threads, determined
+                )
+                _multilevel.log(settings, "polish ridge " + (
+                    "none" if polish_alpha is None else f"{polish_alpha:g}"
+                ) + ": held-out errors " + ", ".join(f"{e:.3e}" for e in errors))
+            fitted = fitted.copy()
+            _multilevel.refit_noise(fitted, train, threads)
+            variance_scale = _multilevel.calibrate_variance(
+                fitted, valid, polish_alpha is None, threads
             )
-            _multilevel.log(settings, "polish ridge " + (
-                "none" if polish_alpha is None else f"{polish_alpha:g}"
-            ) + ": held-out errors " + ", ".join(f"{e:.3e}" for e in errors))
         self._finish(tree, data, train is not data, n_distinct, polish_alpha,
                      previous is not None, settings)
+        tree.variance_scale = variance_scale
         self.tree_ = tree
         self._warm_start_key = warm_start_key
         self.degree_ = tree.basis.degree
@@ -578,7 +587,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         include_spread = not self.polished_
 
         def block(X):
-            return tree.moments(X, tree.finest, tree.noise_var, include_spread)
+            return tree.predictive_moments(X, include_spread)
 
         with local_threads(self.n_jobs) as threads:
             parts = threads.map(block, self._scale_inputs(X))

@@ -401,22 +401,68 @@ def refit_finest_experts(tree, data, settings):
 
 
 def refit_noise(tree, data, threads):
-    """Each finest partition's noise variance, from the fitted mean.
+    """Each finest partition's noise variance and coefficient covariance.
 
-    sigma_k^2 = sum_d s_d pi_k(x_d) (y_d - mean(x_d))^2 / sum_d s_d pi_k(x_d):
-    the residuals of the prediction itself, gate-weighted. (Residuals of
-    each expert alone would mislead after the polish, which fits the
-    experts jointly: individually they need not fit.)
+    Noise: sigma_k^2 = R_k / (n_k - M), with R_k = sum_d s_d pi_k(x_d)
+    (y_d - mean(x_d))^2 the gate-weighted residuals of the prediction
+    itself and n_k = sum_d s_d pi_k(x_d) its rows (weights scaled to a mean
+    of 1), less the expert's M unknowns (residuals of a fit are smaller
+    than its errors). Partitions with fewer than 2 M rows get the pooled
+    value, (sum R) / (sum n - K M); where even that has fewer than 2 K M
+    rows (a fit that can interpolate), the residuals' plain mean: only
+    held-out rows can tell such a fit's error (``calibrate_variance``).
+    (Residuals of each expert alone would mislead after the polish, which
+    fits the experts jointly: individually they need not fit.)
+
+    Coefficients: C_k = (G_k / sigma_k^2 + I)^-1 per output, with
+    G_k = sum_d s_d pi_k phi_k phi_k^T: Bayesian linear regression with a
+    unit prior variance per coefficient (targets are standardized), so
+    directions the rows do not determine keep the prior's variance
+    (doc/design.md section 7).
     """
     level = tree.finest
-    no_noise = np.zeros(tree.levels[level].coef.shape[::2])
+    nodes = tree.levels[level]
+    n_basis = tree.basis.size
+    no_noise = np.zeros(nodes.coef.shape[::2])
+    scale = data.n_samples / data.sample_weight.sum()
 
     def block(X, Y, sample_weight):
         log_gate = tree.log_gates(X, level)
         mean, _ = tree.moments(X, level, no_noise, False, log_gate)
-        weighted_gate = sample_weight[:, None] * np.exp(log_gate)
-        squared = weighted_gate.T @ (Y - mean) ** 2
-        return squared, weighted_gate.sum(axis=0)
+        gate = np.exp(log_gate, out=log_gate)
+        rows = scale * sample_weight
+        gram, _ = block_normal_equations(
+            X, Y[:, :0], rows, gate, nodes.centers, nodes.scales, tree.basis
+        )
+        weighted_gate = rows[:, None] * gate
+        return weighted_gate.T @ (Y - mean) ** 2, weighted_gate.sum(axis=0), gram
 
-    squared, mass = threads.sum(block, data.X, data.Y, data.sample_weight)
-    tree.noise_var = noise_variances(squared, mass)
+    squared, rows, gram = threads.sum(block, data.X, data.Y, data.sample_weight)
+    live = rows > 0
+    pooled_rows = rows.sum() - live.sum() * n_basis
+    if pooled_rows >= live.sum() * n_basis:
+        pooled = squared.sum(axis=0) / pooled_rows
+    else:
+        pooled = squared.sum(axis=0) / rows.sum()
+    own = squared / np.maximum(rows - n_basis, np.finfo(float).tiny)[:, None]
+    var = np.where((rows >= 2 * n_basis)[:, None], own, pooled)
+    tree.noise_var = np.maximum(var, MIN_NOISE_VAR)
+    # C = V diag(1 / (lambda / sigma^2 + 1)) V^T from G = V diag(lambda) V^T:
+    # exact however small sigma^2 or singular G are
+    eigval, eigvec = np.linalg.eigh(mirror_upper(gram))
+    shrink = 1.0 / (np.maximum(eigval, 0.0)[:, None, :] / tree.noise_var[:, :, None] + 1.0)
+    tree.coef_cov = np.einsum("kij,ktj,klj->ktil", eigvec, shrink, eigvec)
+
+
+def calibrate_variance(tree, data, include_spread, threads):
+    """The factor (T,) that makes the predictive variance match the squared
+    errors on held-out rows: sum_d s_d (y_d - mean_d)^2 / sum_d s_d var_d."""
+    level = tree.finest
+
+    def block(X, Y, sample_weight):
+        mean, variance = tree.moments(X, level, tree.noise_var, include_spread,
+                                      coef_cov=tree.coef_cov)
+        return sample_weight @ (Y - mean) ** 2, sample_weight @ variance
+
+    squared, variance = threads.sum(block, data.X, data.Y, data.sample_weight)
+    return squared / np.maximum(variance, np.finfo(float).tiny)

@@ -223,11 +223,11 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
                                               _cycles(tree, cycles)[1], settings)
         # Judged polished: EM's own blend of smooth gates is not the fit the
         # polish makes of them, and would favour sharp gates wrongly.
-        _, polished = choose_polish_ridge(tree, train, valid, settings.threads, True)
-        outcomes.append((min(polished), tree, _step("start", tree, error, losses, train,
-                                                     settings.threads, t0)))
+        polished = min(choose_polish_ridge(tree, train, valid, settings.threads, True)[2])
+        outcomes.append((polished, tree, _step("start", tree, error, losses, train,
+                                                settings.threads, t0)))
         _multilevel.log(settings, f"start {shape}, gate_alpha {family.ridge:g}: "
-                                  f"validation error {error:.3e}, polished {min(polished):.3e}")
+                                  f"validation error {error:.3e}, polished {polished:.3e}")
     _, tree, step = min(outcomes, key=lambda outcome: outcome[0])
     step.kept = True
     return tree, [outcome[2] for outcome in outcomes]
@@ -315,9 +315,9 @@ POLISH_RIDGES = (1e-10, 1e-8, 1e-6, 1e-4)
 
 
 def choose_polish_ridge(tree, train, valid, threads, determined):
-    """The polish ridge with the least held-out error, and the errors
-    (unpolished first, then one per POLISH_RIDGES); None if no polish
-    beats the EM coefficients."""
+    """The polish ridge with the least held-out error (None if no polish
+    beats the EM coefficients), the tree with the coefficients it gives, and
+    the held-out errors (unpolished first, then one per POLISH_RIDGES)."""
     errors = [blended_error(tree, valid, threads)]
     candidates = polish_candidates(
         train.X, train.Y, train.sample_weight, tree, POLISH_RIDGES, threads, determined
@@ -327,4 +327,7 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
         polished.levels[-1].coef = coef
         errors.append(blended_error(polished, valid, threads))
     best = int(np.argmin(errors))
-    return (None if best == 0 else POLISH_RIDGES[best - 1]), errors
+    if best == 0:
+        return None, tree, errors
+    polished.levels[-1].coef = candidates[best - 1]
+    return POLISH_RIDGES[best - 1], polished, errors

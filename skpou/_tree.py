@@ -24,6 +24,7 @@ from ._kernels import mixture as _kernels
 # Nodes whose gate is below exp(-30) (~1e-13) of the row's largest gate are
 # skipped in the E-step, in predictions and in the polish.
 MIN_LOG_GATE = -30.0
+_NO_COVARIANCE = np.zeros((0, 0, 0, 0))
 # Children of a parent whose gate is below exp(-40) of the row's largest are
 # not evaluated (they could not reach MIN_LOG_GATE after the product).
 NEGLIGIBLE_LOG_GATE = -40.0
@@ -58,8 +59,11 @@ class PartitionTree:
     """Levels of nested soft partitions with one polynomial expert per node.
 
     ``basis`` (``skpou._basis.Basis``) is every expert's basis; ``gates``
-    the gate family (``skpou._gates.GateFamily``); ``noise_var`` (K, T) the
-    finest experts' noise variances for predictions, set after training.
+    the gate family (``skpou._gates.GateFamily``). Set after training, for
+    predictions: ``noise_var`` (K, T), the finest experts' noise variances;
+    ``coef_cov`` (K, T, M, M), their coefficient covariances (or None);
+    ``variance_scale`` (T,), the predictive variance's calibration on
+    held-out rows (ones without them).
     """
 
     min_log_gate = MIN_LOG_GATE
@@ -69,6 +73,8 @@ class PartitionTree:
         self.gates = gates
         self.levels = [Level(pruned=np.zeros(1, dtype=bool))]
         self.noise_var = None
+        self.coef_cov = None
+        self.variance_scale = 1.0
 
     @property
     def finest(self):
@@ -126,24 +132,36 @@ class PartitionTree:
         )
         return log_gate
 
-    def moments(self, X, level, var, include_spread, log_gate=None):
+    def moments(self, X, level, var, include_spread, log_gate=None, coef_cov=None):
         """Mixture mean (n, T) and variance (n, T) of a level at a block of rows.
 
-        The variance is sum_k pi_k (var_k + (mu_k - mean)^2), or only
-        sum_k pi_k var_k without ``include_spread``. ``log_gate``: the
-        level's log gates at X, if known.
+        The variance is sum_k pi_k (var_k + phi_k^T C_k phi_k + (mu_k -
+        mean)^2): ``var`` (K, T) the noise variances, ``coef_cov``
+        (K, T, M, M) the experts' coefficient covariances (None: no
+        parameter term), the spread only with ``include_spread``.
+        ``log_gate``: the level's log gates at X, if known.
         """
         nodes = self.levels[level]
         if log_gate is None:
             log_gate = self.log_gates(X, level)
+        if coef_cov is None:
+            coef_cov = _NO_COVARIANCE
         mean = np.empty((X.shape[0], nodes.coef.shape[2]))
         variance = np.empty_like(mean)
         _kernels.mixture_moments(
             X, log_gate, nodes.centers, nodes.scales, nodes.coef,
             self.basis.recipe, self.basis.degree, var, MIN_LOG_GATE,
-            include_spread, mean, variance,
+            include_spread, coef_cov, mean, variance,
         )
         return mean, variance
+
+    def predictive_moments(self, X, include_spread):
+        """The finest level's predictive mean and variance (n, T), with the
+        fitted noise, coefficient covariances and calibration."""
+        mean, variance = self.moments(
+            X, self.finest, self.noise_var, include_spread, coef_cov=self.coef_cov
+        )
+        return mean, variance * self.variance_scale
 
     def expert_means(self, X, level, node):
         """One expert's polynomial at the rows of X, shape (n_rows, T)."""

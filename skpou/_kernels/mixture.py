@@ -66,20 +66,26 @@ def e_step(
 @kernel
 def mixture_moments(
     X, log_gate, centers, scales, coef, recipe, degree, var, min_log_gate,
-    include_spread, mean, variance,
+    include_spread, coef_cov, mean, variance,
 ):
-    """Mixture mean sum_k pi_k mu_k and variance sum_k pi_k (s_k^2 + (mu_k - mean)^2).
+    """Mixture mean sum_k pi_k mu_k and variance
+    sum_k pi_k (s_k^2 + phi_k^T C_k phi_k + (mu_k - mean)^2).
 
-    The variance is summed in its centred form: sum pi (s^2 + mu^2) - mean^2
+    ``coef_cov`` (K, T, M, M) holds each expert's coefficient covariance
+    C_k per output (the parameter term is left out if it has no rows). The
+    variance is summed in its centred form: sum pi (s^2 + mu^2) - mean^2
     would cancel catastrophically where the experts fit tightly. Without
-    ``include_spread`` only sum_k pi_k s_k^2 is summed.
+    ``include_spread`` the spread (mu_k - mean)^2 is left out.
     """
     n_nodes = log_gate.shape[1]
     n_targets = coef.shape[2]
+    n_basis = recipe.shape[0]
     count, rows, pieces, Z, local, ones, mu = piece_buffers(
-        n_nodes, recipe.shape[0], X.shape[1], degree, n_targets
+        n_nodes, n_basis, X.shape[1], degree, n_targets
     )
     means = np.empty((n_nodes, n_targets, rows.shape[1]))  # each expert on its rows
+    spreads = np.zeros((n_nodes, n_targets, rows.shape[1]))  # and its parameter variance
+    with_parameters = coef_cov.shape[0] > 0
     for start in range(0, X.shape[0], rows.shape[1]):
         stop, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
         mean[start:stop] = 0.0
@@ -88,8 +94,19 @@ def mixture_moments(
             k, lo, block = piece_expert_means(
                 X, rows, pieces, i, centers, scales, coef, recipe, degree, ones, local, Z, mu
             )
-            means[k, :, lo:lo + block.shape[0]] = mu[:, :block.shape[0]]
-            for a in range(block.shape[0]):
+            n = block.shape[0]
+            means[k, :, lo:lo + n] = mu[:, :n]
+            if with_parameters:
+                for t in range(n_targets):
+                    for a in range(n):
+                        quadratic = 0.0
+                        for p in range(n_basis):
+                            row = 0.0
+                            for q in range(n_basis):
+                                row += coef_cov[k, t, p, q] * Z[q, a]
+                            quadratic += Z[p, a] * row
+                        spreads[k, t, lo + a] = quadratic
+            for a in range(n):
                 gate = exp(log_gate[block[a], k])
                 for t in range(n_targets):
                     mean[block[a], t] += gate * mu[t, a]
@@ -99,4 +116,4 @@ def mixture_moments(
                 gate = exp(log_gate[d, k])
                 for t in range(n_targets):
                     spread = means[k, t, a] - mean[d, t] if include_spread else 0.0
-                    variance[d, t] += gate * (var[k, t] + spread * spread)
+                    variance[d, t] += gate * (var[k, t] + spreads[k, t, a] + spread * spread)
