@@ -17,6 +17,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
@@ -426,6 +427,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         self._finish(tree, data, train is not data, n_distinct, polish_alpha,
                      previous is not None, settings)
         tree.variance_scale = variance_scale
+        _multilevel.log(settings, f"done: {int((~tree.gone()).sum())} partitions, "
+                                  f"degree {tree.basis.degree}")
         self.tree_ = tree
         self._warm_start_key = warm_start_key
         self.degree_ = tree.basis.degree
@@ -461,6 +464,13 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 tree, train, self.n_cycles, self.tol, settings
             )
             history.losses.extend(losses)
+            if losses and not history.converged:
+                warnings.warn(
+                    f"n_cycles={self.n_cycles} V-cycles ran before the EM objective "
+                    f"settled (relative change below tol={self.tol:g}); raise n_cycles, "
+                    "or use early_stopping=True to stop on held-out error.",
+                    ConvergenceWarning,
+                )
             return tree
         best_error = _refinement.blended_error(tree, valid, settings.threads)
         best, no_change = tree.copy(), 0
@@ -492,11 +502,21 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             self._history.converged = True
             return tree
         if previous is not None:
-            previous.gates = gates
-            tree, path = previous, []
-            tree, error, _ = _refinement.train_validated(
-                tree, train, valid, self.n_cycles, 1, settings
+            # The previous fit's gate_alpha="auto" choice stands; its experts
+            # saw this fit's held-out rows, so they are refitted first.
+            if self.gate_alpha != "auto":
+                previous.gates = gates
+            self.gate_alpha_ = previous.gates.ridge
+            _multilevel.refit_experts_on_frozen_gates(
+                previous, train, settings,
+                coarsest=max(previous.finest - _refinement.CYCLE_DEPTH + 1, 0),
             )
+            tree, error, losses = _refinement.train_validated(
+                previous, train, valid, self.n_cycles, 1, settings
+            )
+            path = [_refinement.Step("warm start", int((~tree.gone()).sum()),
+                                     tree.basis.degree, error, np.nan, len(losses),
+                                     0.0, True, losses)]
         else:
             sharp = None
             if self.gate_alpha == "auto" and self.gate != "mlp":
@@ -506,7 +526,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 settings, random_state, sharp,
             )
             self.gate_alpha_ = tree.gates.ridge
-        tree, path = _refinement.grow(
+        tree, path, converged = _refinement.grow(
             tree, path, train, valid, self.n_cycles, self.n_iter_no_change, settings,
             random_state, fixed_degree=self.degree != "auto",
         )
@@ -515,7 +535,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             history.record(step.validation_error, step.train_error)
         history.path = [vars(step) for step in path]
         history.losses.extend(loss for step in path for loss in step.losses)
-        history.converged = True
+        history.converged = converged
+        if not converged:
+            warnings.warn(
+                "Refinement stopped at what the training rows can determine "
+                f"({train.n_distinct} distinct rows) while the held-out error was "
+                "still falling: more rows would support a finer model.",
+                ConvergenceWarning,
+            )
         return tree
 
     def _finish(self, tree, data, refit, n_distinct, polish_alpha, warm, settings):
@@ -537,10 +564,26 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         _multilevel.refit_noise(tree, data, threads)
 
     def _warn_about_pruned_partitions(self):
+        """A fixed tree whose partitions EM switched off: say why. (With
+        partitions="auto", dropping redundant partitions is part of the
+        fit.)"""
+        if _is_auto(self.partitions):
+            return
         gone = self.tree_.gone()
-        if gone.any():
+        absorbed = self.tree_.levels[-1].absorbed
+        if absorbed.any():
             warnings.warn(
-                f"{int(gone.sum())} of {gone.size} partitions received no "
+                f"{int(absorbed.sum())} of {gone.size} partitions were absorbed by "
+                "their neighbours during EM (their gates held training data, but "
+                "the neighbours' experts explained it as well or better) and were "
+                "pruned. Fewer partitions give the same model for less; "
+                'partitions="auto" chooses how many the data support.',
+                UserWarning,
+            )
+        empty = gone & ~absorbed
+        if empty.any():
+            warnings.warn(
+                f"{int(empty.sum())} of {gone.size} partitions received no "
                 "training data and were pruned (zero gate everywhere). Fewer "
                 "partitions, or more samples, give the same model for less.",
                 UserWarning,

@@ -175,15 +175,37 @@ def solve_normal_equations(gram, rhs, alpha, n_jobs):
     return np.concatenate(parts)
 
 
+# A system whose Cholesky factor has a diagonal entry below this fraction of
+# its largest (condition number above ~1e14) is near singular: an LU or
+# Cholesky solve then returns round-off, or fails on an exact zero pivot.
+MIN_PIVOT_RATIO = 1e-7
+
+
 def _solve_batch(gram, rhs):
-    """Cholesky solves of a stack of SPD systems; eigen-solve where one fails."""
+    """Solves of a stack of symmetric positive semi-definite systems.
+
+    Well-conditioned ones in one batched LU solve (numpy has no batched
+    triangular solve, and one LU costs less than two triangular solves
+    through the Cholesky factors); indefinite or near-singular ones by the
+    minimum-norm eigen-solve (``_eigen_solve``).
+    """
     try:
-        np.linalg.cholesky(gram)  # the check that every system is SPD
+        factor = np.linalg.cholesky(gram)
     except np.linalg.LinAlgError:
         return np.stack([solve_spd(a, b) for a, b in zip(gram, rhs)])
-    # numpy has no batched triangular solve: one batched LU solve costs less
-    # than two through the Cholesky factors.
-    return np.linalg.solve(gram, rhs)
+    pivots = np.diagonal(factor, axis1=1, axis2=2)
+    singular = pivots.min(axis=1) < MIN_PIVOT_RATIO * pivots.max(axis=1)
+    solution = np.empty(rhs.shape)
+    if not singular.all():
+        try:
+            solution[~singular] = np.linalg.solve(gram[~singular], rhs[~singular])
+        except np.linalg.LinAlgError:
+            # The pivots only bound the condition number from below: an LU
+            # pivot can still vanish. Each system alone, robustly.
+            singular[:] = True
+    for k in np.flatnonzero(singular):
+        solution[k] = _eigen_solve(gram[k], rhs[k])
+    return solution
 
 
 def solve_spd(gram, rhs):
@@ -191,8 +213,12 @@ def solve_spd(gram, rhs):
     try:
         return cho_solve(cho_factor(gram, lower=True), rhs)
     except np.linalg.LinAlgError:
-        # Singular or indefinite through round-off: minimum-norm solution
-        # on the numerically positive eigenspace.
-        eigval, eigvec = np.linalg.eigh(gram)
-        keep = eigval > eigval.max() * 1e-13
-        return eigvec[:, keep] @ ((eigvec[:, keep].T @ rhs) / eigval[keep, None])
+        return _eigen_solve(gram, rhs)
+
+
+def _eigen_solve(gram, rhs):
+    """Minimum-norm solution on the numerically positive eigenspace: for
+    systems singular or indefinite through round-off."""
+    eigval, eigvec = np.linalg.eigh(gram)
+    keep = eigval > eigval.max() * 1e-13
+    return eigvec[:, keep] @ ((eigvec[:, keep].T @ rhs) / eigval[keep, None])

@@ -21,7 +21,7 @@ and nothing else; ``EMSettings`` carries what does not change during a fit.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,11 +69,14 @@ class EMSettings:
     n_jobs: object
     threads: object
     verbose: int = 0
+    started: float = field(default_factory=time.perf_counter)  # when fit began
 
 
 def log(settings, message):
+    """Print a progress line, with the time since ``fit`` began, if verbose."""
     if settings.verbose:
-        print(f"[HierarchicalPOURegressor] {message}", flush=True)
+        elapsed = time.perf_counter() - settings.started
+        print(f"[HierarchicalPOURegressor] {elapsed:7.2f}s {message}", flush=True)
 
 
 # ----------------------------------------------------------- Algorithm 1
@@ -132,12 +135,10 @@ def run_v_cycles(tree, data, n_cycles, tol, settings):
     of the cycles run and whether they settled.
     """
     losses = []
-    start = time.perf_counter()
     for cycle in range(n_cycles):
         loss = -v_cycle(tree, data, tree.finest, settings)[1]  # drop the (n, K) resp now
         losses.append(loss)
-        log(settings, f"cycle {cycle + 1}/{n_cycles}: loss={loss:.6e}, "
-                      f"elapsed={time.perf_counter() - start:.2f}s")
+        log(settings, f"cycle {cycle + 1}/{n_cycles}: loss={loss:.6e}")
         if cycle > 0 and abs(losses[-2] - loss) <= tol * max(abs(loss), 1.0):
             return losses, True
     return losses, False
@@ -154,7 +155,7 @@ def v_cycle(tree, data, level, settings, coarsest=1):
     Returns its responsibilities and mean log-likelihood.
     """
     if level > max(coarsest, 1):
-        resp, _, _ = e_step(tree, data, level, settings)
+        resp = e_step(tree, data, level, settings)[0]
         coarse_resp = tree.restrict(resp, level)
         del resp
         m_step_gates(tree, data, level - 1, coarse_resp, settings)
@@ -168,8 +169,8 @@ def relax(tree, data, level, settings):
 
     Returns the E-step's responsibilities and mean log-likelihood.
     """
-    resp, log_lik, gate_frames = e_step(tree, data, level, settings)
-    prune_empty_partitions(tree, data, level, resp)
+    resp, log_lik, gate_frames, gate_mass = e_step(tree, data, level, settings)
+    prune_empty_partitions(tree, data, level, resp, gate_mass)
     m_step_experts(tree, data, level, resp, settings, gate_frames)
     m_step_noise(tree, data, level, resp, settings)
     m_step_gates(tree, data, level, resp, settings)
@@ -180,8 +181,9 @@ def relax(tree, data, level, settings):
 
 
 def e_step(tree, data, level, settings):
-    """Responsibilities (n_samples, n_nodes), mean log-likelihood, and the
-    local frames of the level's gates (see ``m_step_experts``)."""
+    """Responsibilities (n_samples, n_nodes), mean log-likelihood, the
+    local frames of the level's gates (see ``m_step_experts``) and their
+    share of the sample weight (n_nodes,)."""
     resp = np.empty((data.n_samples, tree.levels[level].n_nodes))
     log_lik = np.empty(data.n_samples)
 
@@ -194,16 +196,19 @@ def e_step(tree, data, level, settings):
     sw = data.sample_weight
     return (
         resp, float(sw @ log_lik / sw.sum()),
-        frames_from_moments(*moments, MIN_FRAME_SCALE),
+        frames_from_moments(*moments, MIN_FRAME_SCALE), moments[0] / sw.sum(),
     )
 
 
-def prune_empty_partitions(tree, data, level, resp):
+def prune_empty_partitions(tree, data, level, resp, gate_mass):
     """Switch off nodes that hold no training weight.
 
     A node without data has an arbitrary expert; with sharp gates it
     could still win in a gap between samples. Pruned nodes get zero gate
-    everywhere. The heaviest sibling of each family is always kept.
+    everywhere. The heaviest sibling of each family is always kept. Nodes
+    whose gate still held data (``gate_mass``, their share of the sample
+    weight) but whose responsibilities fell to nothing were absorbed by
+    their neighbours: they are marked so (``Level.absorbed``).
     """
     nodes = tree.levels[level]
     mass = (data.sample_weight @ resp) / data.sample_weight.sum()
@@ -213,6 +218,7 @@ def prune_empty_partitions(tree, data, level, resp):
         [np.argmax(mass[s:e]) for s, e in zip(starts, nodes.child_start[1:])]
     )
     empty[heaviest] = False
+    nodes.absorbed = nodes.absorbed | (empty & ~nodes.pruned & (gate_mass > PRUNE_MASS))
     nodes.pruned = nodes.pruned | empty
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _multilevel
 from ._basis import Basis
+from ._kinks import place_boundaries_at_crossings
 from ._polish import polish_candidates
 from ._tree import PartitionTree
 
@@ -155,18 +156,47 @@ def p_step(tree, data, settings):
     )
 
 
+def held_out_error(tree, train, valid, threads):
+    """``blended_error`` on the held-out rows, of the tree as the fit will
+    finish it (``with_kinks_placed``)."""
+    return blended_error(with_kinks_placed(tree, train, threads), valid, threads)
+
+
+def with_kinks_placed(tree, train, threads):
+    """In 1-D with sharp linear gates, a copy with boundaries at kinks moved
+    to where their experts cross (``skpou._kinks``), as ``fit`` does at the
+    end; the tree itself otherwise. Without that, held-out rows in the
+    sample gaps around kinks would keep the error at a floor that hides an
+    exact fit."""
+    if (train.X.shape[1] == 1 and getattr(tree.gates, "order", None) == 1
+            and tree.gates.ridge < SHARP_RIDGE and tree.finest > 0):
+        tree = tree.copy()
+        place_boundaries_at_crossings(tree, train, threads)
+    return tree
+
+
 def train_validated(tree, train, valid, n_cycles, patience, settings):
     """Up to ``n_cycles`` V-cycles over the last CYCLE_DEPTH levels, each
-    judged on the held-out rows; returns the best tree, its held-out error
-    and the EM objective after each cycle run."""
-    best, best_error = tree.copy(), blended_error(tree, valid, settings.threads)
-    no_change = 0
+    judged on the held-out rows (with ``patience >= n_cycles``, all cycles
+    run and only the last state is judged); returns the best tree, its
+    held-out error and the EM objective after each cycle run."""
     losses = []
-    for _ in range(n_cycles if tree.finest > 0 else 0):
+
+    def cycle():
         _, log_lik = _multilevel.v_cycle(tree, train, tree.finest, settings,
                                          coarsest=tree.finest - CYCLE_DEPTH + 1)
         losses.append(-log_lik)
-        error = blended_error(tree, valid, settings.threads)
+
+    n_cycles = n_cycles if tree.finest > 0 else 0
+    if patience >= n_cycles:
+        for _ in range(n_cycles):
+            cycle()
+        return tree, held_out_error(tree, train, valid, settings.threads), losses
+    best, best_error = tree.copy(), held_out_error(tree, train, valid, settings.threads)
+    no_change = 0
+    for _ in range(n_cycles):
+        cycle()
+        error = held_out_error(tree, train, valid, settings.threads)
         if error < best_error * (1 - 1e-3):
             best, best_error, no_change = tree.copy(), error, 0
         else:
@@ -180,7 +210,9 @@ def _cycles(tree, n_cycles):
     """V-cycles a step may take, and cycles without improvement before it
     stops: sharp gates need more to sharpen."""
     if tree.gates.ridge < SHARP_RIDGE:
-        return max(n_cycles, SHARP_CYCLES), 3
+        # held-out rows in the sample gaps around kinks keep the error at a
+        # floor while EM moves boundaries towards them: no early stop
+        return max(n_cycles, SHARP_CYCLES), SHARP_CYCLES
     return n_cycles, 1
 
 
@@ -196,7 +228,7 @@ def _step(kind, tree, error, losses, train, threads, t0):
 # uniform splits are tried too, where the rows determine them.
 START_TREES = ((), (2,), (2, 2), (4, 2), (4, 4))
 # EM cycles that let sharp gates (gate_alpha below SHARP_RIDGE) sharpen.
-SHARP_CYCLES = 30
+SHARP_CYCLES = 20
 SHARP_RIDGE = 1e-6
 
 
@@ -223,7 +255,10 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
                                               _cycles(tree, cycles)[1], settings)
         # Judged polished: EM's own blend of smooth gates is not the fit the
         # polish makes of them, and would favour sharp gates wrongly.
-        polished = min(choose_polish_ridge(tree, train, valid, settings.threads, True)[2])
+        polished = min(choose_polish_ridge(
+            with_kinks_placed(tree, train, settings.threads), train, valid,
+            settings.threads, True,
+        )[2])
         outcomes.append((polished, tree, _step("start", tree, error, losses, train,
                                                 settings.threads, t0)))
         _multilevel.log(settings, f"start {shape}, gate_alpha {family.ridge:g}: "
@@ -238,17 +273,19 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
     """Refine ``tree`` while held-out error falls (no p-steps if
     ``fixed_degree``).
 
-    Returns the best tree and the path of steps (``Step``), ``path``'s first.
+    Returns the best tree, the path of steps (``Step``, ``path``'s first),
+    and whether held-out error ended it (False: the rows could not determine
+    another step).
     """
     threads = settings.threads
-    best_error = blended_error(tree, valid, threads)
+    best_error = held_out_error(tree, train, valid, threads)
     best, current = tree.copy(), tree
     failures = 0
     while failures < patience:
         kinds = [kind for kind in _step_kinds(current, train, threads)
                  if not (fixed_degree and kind[0] == "p")]
         if not kinds:
-            break
+            return best, path, False
         outcomes = []
         for kind, marked in kinds:
             t0 = time.perf_counter()
@@ -275,7 +312,7 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
             step.kept = True
         else:
             failures += 1
-    return best, path
+    return best, path, True
 
 
 def _step_kinds(tree, data, threads):

@@ -39,7 +39,9 @@ class Level:
     - ``coef`` (K, M, T): expert coefficients in each node's local basis;
     - ``centers``, ``scales`` (K, n_features): each expert's local frame;
     - ``log_var`` (K, T): log noise variances of the last EM sweep;
-    - ``pruned`` (K,): nodes switched off (zero gate everywhere).
+    - ``pruned`` (K,): nodes switched off (zero gate everywhere);
+    - ``absorbed`` (K,): those of them whose gate held data, but whose
+      responsibilities EM gave to their neighbours.
     """
 
     child_start: np.ndarray = None
@@ -49,6 +51,11 @@ class Level:
     scales: np.ndarray = None
     log_var: np.ndarray = None
     pruned: np.ndarray = None
+    absorbed: np.ndarray = None
+
+    def __post_init__(self):
+        if self.absorbed is None and self.pruned is not None:
+            self.absorbed = np.zeros_like(self.pruned)
 
     @property
     def n_nodes(self):

@@ -1,0 +1,157 @@
+"""skpou._refinement: partitions="auto", the fit that chooses its resolution."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from skpou import HierarchicalPOURegressor
+from skpou._basis import total_degree_powers
+from skpou._refinement import legendre_decay, mark
+
+
+def test_doerfler_marking_takes_the_fewest_largest_errors():
+    errors = np.array([1.0, 6.0, 2.0, 5.0, 4.0])
+    eligible = np.array([True, True, True, False, True])
+    # eligible total 13: 6 alone is below half of it, 6 + 4 reaches it
+    np.testing.assert_array_equal(mark(errors, eligible), [False, True, False, False, True])
+    assert not mark(errors, np.zeros(5, dtype=bool)).any()
+
+
+def test_legendre_decay_separates_smooth_from_kinked_experts():
+    x = np.linspace(-1, 1, 2001)
+    powers = total_degree_powers(1, 6)
+    basis = np.polynomial.legendre.legvander(x, 6) * np.sqrt(2 * np.arange(7) + 1)
+    coef = np.stack([np.linalg.lstsq(basis, f(x), rcond=None)[0]
+                     for f in (np.exp, np.abs)])[:, :, None]
+    smooth, kinked = legendre_decay(coef, powers)
+    assert smooth > 1.0 > kinked
+
+
+def steep_layer(x):
+    return np.tanh((x - 0.3) / 0.01)
+
+
+def test_partitions_concentrate_at_a_steep_layer():
+    X = np.random.default_rng(0).uniform(0, 1, (4000, 1))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, steep_layer(X[:, 0]))
+    grid = np.linspace(0, 1, 2001)[:, None]
+    winner = model.predict_partitions(grid).argmax(axis=1)
+    boundaries = grid[1:, 0][winner[1:] != winner[:-1]]
+    near = np.abs(boundaries - 0.3) < 0.1
+    assert near.sum() > 2 * (~near).sum() / 8  # density near the layer, per unit length
+    kinds = {step["kind"] for step in model.refinement_path_}
+    assert "h" in kinds
+    X_test = np.random.default_rng(1).uniform(0, 1, (2000, 1))
+    error = np.linalg.norm(model.predict(X_test) - steep_layer(X_test[:, 0]))
+    assert error / np.linalg.norm(steep_layer(X_test[:, 0])) < 1e-2
+
+
+def squared_triangle_wave(x, pieces):
+    s = x * pieces
+    k = np.floor(s)
+    return np.where(k % 2 == 0, s - k, 1.0 - (s - k)) ** 2
+
+
+def test_defaults_reproduce_a_piecewise_quadratic_exactly():
+    X = np.random.default_rng(0).uniform(0, 1, (3000, 1))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, squared_triangle_wave(X[:, 0], 6))
+    X_test = np.random.default_rng(1).uniform(0, 1, (2000, 1))
+    truth = squared_triangle_wave(X_test[:, 0], 6)
+    error = np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth)
+    assert error < 1e-8, error
+    assert model.gate_alpha_ < 1e-10  # the held-out rows chose sharp gates
+
+
+def test_smooth_target_keeps_wide_blends_and_beats_a_fixed_default():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (3000, 2))
+
+    def target(X):
+        return np.sin(4 * X[:, 0]) * np.exp(-X[:, 1])
+
+    model = HierarchicalPOURegressor(random_state=0).fit(X, target(X))
+    fixed = HierarchicalPOURegressor(partitions=(4, 4), random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixed.fit(X, target(X))
+    X_test = rng.uniform(0, 1, (4000, 2))
+    truth = target(X_test)
+    auto_error = np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth)
+    fixed_error = np.linalg.norm(fixed.predict(X_test) - truth) / np.linalg.norm(truth)
+    assert model.gate_alpha_ > 1e-6
+    assert auto_error < fixed_error / 10, (auto_error, fixed_error)
+
+
+def test_held_out_error_decides_and_the_best_state_is_kept():
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 1, (1500, 2))
+    y = np.sin(5 * X[:, 0]) + X[:, 1] ** 2 + 0.01 * rng.standard_normal(1500)
+    model = HierarchicalPOURegressor(random_state=0).fit(X, y)
+    path = model.refinement_path_
+    kept = [step for step in path if step["kept"]]
+    assert kept and all(step["kind"] in {"start", "h", "p"} for step in path)
+    best = min(step["validation_error"] for step in path)
+    assert kept[-1]["validation_error"] == best
+    assert model.validation_score_.shape == model.train_score_.shape == (len(path),)
+    assert model.converged_  # noise: held-out error stops falling before the rows run out
+
+
+def test_a_fit_limited_by_its_rows_says_so():
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 1, (300, 2))
+    with pytest.warns(ConvergenceWarning, match="more rows would support"):
+        model = HierarchicalPOURegressor(random_state=0).fit(X, np.sin(5 * X[:, 0]))
+    assert not model.converged_
+
+
+def test_noisy_small_data_do_not_overfit_and_get_honest_std():
+    rng = np.random.default_rng(4)
+
+    def target(X):
+        return np.sin(3 * X[:, 0]) * np.cos(2 * X[:, 1])
+
+    X = rng.uniform(0, 1, (300, 2))
+    noise = 0.1
+    y = target(X) + noise * rng.standard_normal(300)
+    model = HierarchicalPOURegressor(random_state=0).fit(X, y)
+    X_test = rng.uniform(0, 1, (5000, 2))
+    truth = target(X_test)
+    mean, std = model.predict(X_test, return_std=True)
+    # far below the noise, and no partition explosion
+    assert np.sqrt(np.mean((mean - truth) ** 2)) < 0.5 * noise
+    assert model.n_partitions_ * model.powers_.shape[0] < 100
+    noisy = truth + noise * rng.standard_normal(5000)
+    coverage = np.mean(np.abs(noisy - mean) <= 2 * std)
+    assert 0.88 <= coverage <= 0.99, coverage
+
+
+def test_std_grows_beyond_the_data():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 0.6, 600)
+    y = np.sin(4 * x) + 0.05 * rng.standard_normal(600)
+    model = HierarchicalPOURegressor(random_state=0).fit(x[:, None], y)
+    _, std = model.predict(np.array([[0.3], [0.9]]), return_std=True)
+    assert std[1] > 1.3 * std[0], std
+
+
+@pytest.mark.parametrize("n_repeats", [4])
+def test_repeated_warm_starts_stay_near_a_fresh_fit(n_repeats):
+    rng = np.random.default_rng(6)
+    X = rng.uniform(0, 1, (2000, 2))
+
+    def target(X):
+        return np.sin(8 * X[:, 0]) * np.cos(6 * X[:, 1])
+
+    X_test = rng.uniform(0, 1, (3000, 2))
+    truth = target(X_test)
+
+    def error(model):
+        return np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth)
+
+    fresh = error(HierarchicalPOURegressor(random_state=0).fit(X, target(X)))
+    model = HierarchicalPOURegressor(random_state=0, warm_start=True)
+    for _ in range(n_repeats):
+        model.fit(X, target(X))
+    assert error(model) < 1.2 * fresh, (error(model), fresh)
