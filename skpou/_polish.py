@@ -8,27 +8,40 @@ network's problem (doc/design.md section 6):
     min_c  sum_d s_d |y_d - sum_k pi_k(x_d) phi_k(x_d) . c_k|^2
            + alpha W sum_k |c_k - c_k^EM|^2,           W = sum_d s_d.
 
-Only nodes whose gates overlap couple, so the matrix is block-sparse. Three
-routes form it (``polish_route`` chooses): dense from BLAS products of the
-blended design rows, dense from product moments in the unit box, or sparse
-blocks per overlapping pair. Gates are computed block by block from the
-frozen tree, so memory never grows with n_samples times the number of nodes.
+Only nodes whose gates overlap couple, so the matrix is block-sparse. It is
+formed densely, from BLAS products of the blended design rows or from
+product moments in the unit box, or as sparse blocks per overlapping pair;
+it is solved by Cholesky (dense), by sparse LU, or, where neither the dense
+matrix nor the sparse factors fit POLISH_MAX_BYTES, by preconditioned
+conjugate gradients on the blocks (``polish_route`` chooses). Gates are
+computed block by block from the frozen tree, so memory never grows with
+n_samples times the number of nodes.
 """
+
+import warnings
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.linalg import splu
+from scipy.sparse.linalg import LinearOperator, cg, splu
+from sklearn.exceptions import ConvergenceWarning
 
 from ._basis import moment_frame_change
 from ._experts import box_normal_equations, mirror_upper, solve_spd
 from ._kernels import polish as _kernels
 
-# The polish system is formed densely when at least this share of node pairs
-# overlap and it has at most this many unknowns (a 512 MiB matrix). Where
-# most pairs overlap, the sparse path is the slower one and holds more
-# memory, not less.
+# The dense matrix, or the sparse LU factors, may take at most this many
+# bytes (a dense system of 11 585 unknowns); the assembly and the solve hold
+# a small multiple of it. Beyond, conjugate gradients need only the blocks.
+POLISH_MAX_BYTES = 1 << 30
+# Dense when at least this share of node pairs overlap: the sparse route is
+# then the slower one and holds more memory, not less.
 DENSE_POLISH_OVERLAP = 0.25
-DENSE_POLISH_MAX_UNKNOWNS = 8192
+# Sparse LU fill-in estimated from the pattern of overlapping nodes falls
+# short of SuperLU's on the full matrix (COLAMD orders it a little
+# differently) by less than this factor on the patterns tried; bytes per
+# entry: a value and a row index.
+FILL_MARGIN = 2.0
+BYTES_PER_SPARSE_ENTRY = 12
 # Rows of the blended design matrix formed at once by the dense route.
 DESIGN_ROWS = 1024
 # Least ridge of a polish with more unknowns than distinct rows (relative to
@@ -36,18 +49,51 @@ DESIGN_ROWS = 1024
 # moves the solution by ~1e-8 of its correction, and the data are still
 # fitted to ~1e-8.
 UNDERDETERMINED_POLISH_RIDGE = 1e-8
+# Conjugate gradients (the "iterative" route) stop at this residual relative
+# to the right-hand side, or after this many iterations. They start from
+# the EM coefficients and every iteration lowers the polish objective, so
+# stopping early still improves on EM; the EM coefficients also stay where
+# the data barely constrain them, as the ridge wants.
+POLISH_CG_RTOL = 1e-10
+POLISH_CG_MAX_ITERATIONS = 500
 
 
-def polish_route(share_overlapping, n_unknowns, frame_change):
-    """How to form the polish system: "moments", "design" or "sparse".
+def polish_route(overlaps, n_basis, frame_change):
+    """How to form and solve the polish system: "moments", "design",
+    "sparse" or "iterative".
 
-    Dense when most node pairs overlap and the matrix is small enough:
-    from moments where the frames allow it (``moment_frame_change``),
-    otherwise from the design rows; block-sparse otherwise.
+    ``overlaps`` (K, K) marks the overlapping node pairs (upper triangle).
+    Dense (from moments where the frames allow it, ``moment_frame_change``,
+    otherwise from the design rows) when the dense matrix fits
+    POLISH_MAX_BYTES and either most node pairs overlap or the sparse LU
+    factors would take more memory than it; sparse LU when its estimated
+    factors fit POLISH_MAX_BYTES; conjugate gradients on the blocks
+    otherwise, which need no more memory than the blocks themselves.
     """
-    if share_overlapping < DENSE_POLISH_OVERLAP or n_unknowns > DENSE_POLISH_MAX_UNKNOWNS:
+    n_nodes = overlaps.shape[0]
+    share = np.count_nonzero(overlaps) / (n_nodes * (n_nodes + 1) / 2)
+    dense_bytes = 8 * (n_nodes * n_basis) ** 2
+    factor_bytes = (
+        FILL_MARGIN * BYTES_PER_SPARSE_ENTRY * n_basis**2 * _block_factor_entries(overlaps)
+    )
+    if dense_bytes <= POLISH_MAX_BYTES and (
+        share >= DENSE_POLISH_OVERLAP or factor_bytes >= dense_bytes
+    ):
+        return "design" if frame_change is None else "moments"
+    if factor_bytes <= POLISH_MAX_BYTES:
         return "sparse"
-    return "design" if frame_change is None else "moments"
+    return "iterative"
+
+
+def _block_factor_entries(overlaps):
+    """Blocks in the sparse LU factors (L and U) of a matrix with this block
+    pattern, as SuperLU orders it: the pattern itself, diagonally dominant
+    so that no pivoting moves off the diagonal, factored once."""
+    n_nodes = overlaps.shape[0]
+    pattern = sparse.csc_array((overlaps | overlaps.T).astype(float))
+    pattern = pattern + sparse.diags_array(n_nodes + 1.0 - pattern.diagonal())
+    factors = splu(sparse.csc_array(pattern))
+    return factors.L.nnz + factors.U.nnz - n_nodes  # the unit diagonal of L is implicit
 
 
 def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True):
@@ -80,32 +126,89 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
         return (overlaps,)
 
     (overlaps,) = threads.sum(block_overlaps, X)  # booleans: the sum is a logical or
-    share = overlaps.sum() / (n_nodes * (n_nodes + 1) / 2)
     size = n_nodes * n_basis
     frame_change = None
-    if polish_route(share, size, None) != "sparse":
+    route = polish_route(overlaps, n_basis, None)
+    if route == "design":
         frame_change = moment_frame_change(level.centers, level.scales, tree.basis.degree)
-    route = polish_route(share, size, frame_change)
-    system = {"moments": _moment_system, "design": _design_system, "sparse": _sparse_system}
+        route = polish_route(overlaps, n_basis, frame_change)
+    system = {
+        "moments": _moment_system, "design": _design_system,
+        "sparse": _sparse_system, "iterative": _pair_blocks,
+    }
     matrix, rhs = system[route](
         X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
     )
     total = sample_weight.sum()
-    matrix /= total  # the dense matrix is the largest array of the fit: in place
+    matrix /= total  # dense, the largest array of the fit: in place
     rhs = rhs.reshape(size, n_targets) / total
-    diagonal = None if route == "sparse" else matrix.diagonal().copy()
+    diagonal = matrix.diagonal().copy() if route in ("moments", "design") else None
     solutions = []
     for alpha in alphas:
         if not determined:
             alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
         pulled = rhs + alpha * level.coef.reshape(size, n_targets)
-        if route == "sparse":
+        if route == "iterative":
+            solution = _conjugate_gradients(matrix, overlaps, pulled, alpha, level.coef)
+        elif route == "sparse":
             solution = splu((matrix + alpha * sparse.eye_array(size)).tocsc()).solve(pulled)
         else:
             matrix[np.diag_indices(size)] = diagonal + alpha
             solution = solve_spd(matrix, pulled)
         solutions.append(solution.reshape(n_nodes, n_basis, n_targets))
     return solutions
+
+
+def _conjugate_gradients(blocks, overlaps, rhs, alpha, start):
+    """Solve the polish system held as upper blocks (normalized by the total
+    weight), one target at a time.
+
+    Block-Jacobi preconditioned conjugate gradients from the EM
+    coefficients ``start``: the matrix is never formed, a product with it
+    reads each stored block twice (as itself and as its transpose).
+    """
+    n_nodes, n_basis, n_targets = start.shape
+    size = n_nodes * n_basis
+    first, second = np.nonzero(overlaps)
+    diagonal = first == second
+    transposed = (~diagonal)[:, None]
+
+    def matvec(x):
+        x = x.reshape(n_nodes, n_basis)
+        out = alpha * x
+        np.add.at(out, first, (blocks @ x[second][:, :, None])[:, :, 0])
+        np.add.at(out, second, (x[first][:, None, :] @ blocks)[:, 0, :] * transposed)
+        return out.ravel()
+
+    # inverse diagonal blocks, of every node (a node that carries no gate
+    # anywhere has no block: alpha I), SPD thanks to the ridge
+    inverse = np.broadcast_to(alpha * np.eye(n_basis), (n_nodes, n_basis, n_basis)).copy()
+    inverse[first[diagonal]] += blocks[diagonal]
+    inverse = np.linalg.inv(inverse)
+    inverse = 0.5 * (inverse + np.swapaxes(inverse, 1, 2))
+
+    def precondition(r):
+        return (inverse @ r.reshape(n_nodes, n_basis, 1)).ravel()
+
+    operator = LinearOperator((size, size), matvec=matvec, dtype=float)
+    preconditioner = LinearOperator((size, size), matvec=precondition, dtype=float)
+    solution = np.empty((size, n_targets))
+    for t in range(n_targets):
+        solution[:, t], info = cg(
+            operator, rhs[:, t], x0=start[:, :, t].ravel(), rtol=POLISH_CG_RTOL,
+            maxiter=POLISH_CG_MAX_ITERATIONS, M=preconditioner,
+        )
+        if info > 0:
+            residual = np.linalg.norm(rhs[:, t] - matvec(solution[:, t]))
+            warnings.warn(
+                f"The polish of {size} unknowns, too large to factor within "
+                f"{POLISH_MAX_BYTES / 2**30:g} GiB, stopped after {info} conjugate "
+                f"gradient iterations at a residual of {residual / np.linalg.norm(rhs[:, t]):.1e} "
+                f"(target {POLISH_CG_RTOL:g}): it improves on the EM fit but is not "
+                "converged. Fewer partitions or a lower degree make it smaller.",
+                ConvergenceWarning,
+            )
+    return solution
 
 
 def carrying_gate(log_gate, min_log_gate):
@@ -181,8 +284,9 @@ def _moment_system(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_c
     return matrix.reshape(size, size), (frame_change @ box_rhs).reshape(size, n_targets)
 
 
-def _sparse_system(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads):
-    """The same system, block-sparse: one (M, M) block per overlapping pair."""
+def _pair_blocks(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads):
+    """The system as one (M, M) block per overlapping pair k <= l (in the
+    order of ``np.nonzero(overlaps)``), and the right-hand sides (K, M, T)."""
     level, basis = tree.levels[-1], tree.basis
     n_nodes, n_basis, n_targets = level.coef.shape
     first, second = np.nonzero(overlaps)
@@ -201,7 +305,17 @@ def _sparse_system(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_c
     blocks, rhs = threads.sum(block, X, Y, sample_weight)
     diagonal = first == second
     blocks[diagonal] = mirror_upper(blocks[diagonal])  # kernel wrote upper halves
+    return blocks, rhs
 
+
+def _sparse_system(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads):
+    """The same system as a sparse matrix, from ``_pair_blocks``."""
+    blocks, rhs = _pair_blocks(
+        X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
+    )
+    n_nodes, n_basis = overlaps.shape[0], blocks.shape[1]
+    first, second = np.nonzero(overlaps)
+    diagonal = first == second
     offsets = np.arange(n_basis)
     rows = (first[:, None, None] * n_basis + offsets[None, :, None]).repeat(n_basis, 2)
     cols = (second[:, None, None] * n_basis + offsets[None, None, :]).repeat(n_basis, 1)

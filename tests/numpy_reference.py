@@ -39,3 +39,32 @@ def random_problem(n_features, degree, n_nodes, seed=0, n=700):
     scales = rng.uniform(0.5, 2.0, (n_nodes, n_features))
     powers = total_degree_powers(n_features, degree)
     return X, Y, sample_weight, log_gate, centers, scales, powers
+
+
+def legendre_products_dense(n_features, degree):
+    """``skpou._basis.legendre_products`` as first written: a dense (M, P)
+    block per basis function, every entry a product over features."""
+    from numpy.polynomial.legendre import leggauss
+    from scipy import sparse
+    from scipy.special import eval_legendre
+
+    from skpou._basis import total_degree_powers
+
+    powers = total_degree_powers(n_features, degree)
+    product_powers = total_degree_powers(n_features, 2 * degree)
+    nodes, weights = leggauss(2 * degree + 1)
+    order = np.arange(2 * degree + 1)[:, None]
+    q = np.sqrt(2 * order + 1) * eval_legendre(order, nodes)
+    a, b, c = np.ogrid[: degree + 1, : degree + 1, : 2 * degree + 1]
+    allowed = ((a + b + c) % 2 == 0) & (c <= a + b) & (a <= b + c) & (b <= a + c)
+    low = q[: degree + 1]
+    linearization = np.where(
+        allowed, np.einsum("ag,bg,cg,g->abc", low, low, q, weights / 2), 0.0
+    )
+    rows = []
+    for row in powers:
+        block = np.ones((powers.shape[0], product_powers.shape[0]))
+        for f, power in enumerate(row):
+            block *= linearization[power][np.ix_(powers[:, f], product_powers[:, f])]
+        rows.append(sparse.csr_array(block))
+    return sparse.vstack(rows, format="csr")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from numpy_reference import legendre_basis
+from numpy_reference import legendre_basis, legendre_products_dense
 from skpou._basis import (
     Basis,
     legendre_frame_change,
@@ -48,6 +48,22 @@ def test_legendre_products_and_frame_change_are_identities(n_features, degree):
         local = legendre_basis((X - centers[k]) / scales[k], powers)
         np.testing.assert_allclose(phi @ frame_change[k].T, local,
                                    atol=1e-11 * np.abs(local).max())
+
+
+@pytest.mark.parametrize(
+    "n_features, degree", [(1, 0), (1, 7), (2, 4), (3, 3), (4, 2), (5, 3), (6, 1)]
+)
+def test_legendre_products_equal_the_dense_construction(n_features, degree):
+    """The table built feature by feature for all pairs holds exactly the
+    values and sparsity of one built from a dense block per basis function."""
+    products, recipe = legendre_products(n_features, degree)
+    expected = legendre_products_dense(n_features, degree)
+    assert products.shape == expected.shape
+    assert products.has_canonical_format
+    np.testing.assert_array_equal(products.indptr, expected.indptr)
+    np.testing.assert_array_equal(products.indices, expected.indices)
+    np.testing.assert_array_equal(products.data, expected.data)  # bit for bit
+    np.testing.assert_array_equal(recipe, Basis(n_features, 2 * degree).recipe)
 
 
 def test_moments_are_chosen_only_where_they_pay_and_frames_are_wide():

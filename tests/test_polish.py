@@ -1,9 +1,14 @@
-"""skpou._polish: the joint least-squares system, its three routes and solve."""
+"""skpou._polish: the joint least-squares system, its routes and solves."""
+
+import tracemalloc
+import warnings
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 import skpou._polish as polish
 from numpy_reference import legendre_basis, random_problem
+from skpou import HierarchicalPOURegressor
 from skpou._basis import Basis, legendre_frame_change
 from skpou._gates import make_gate
 from skpou._kernels import polish as kernels
@@ -103,11 +108,100 @@ def test_moment_route_matches_design_route():
     np.testing.assert_allclose(moment_rhs, blas_rhs, atol=1e-12 * np.abs(blas_rhs).max())
 
 
+def _pattern(n_nodes, pairs):
+    """Upper-triangular overlap pattern from (k, l) pairs, diagonal included."""
+    overlaps = np.eye(n_nodes, dtype=bool)
+    for k, l in pairs:
+        overlaps[min(k, l), max(k, l)] = True
+    return overlaps
+
+
 def test_route_choice():
-    assert polish.polish_route(0.1, 100, None) == "sparse"  # few pairs overlap
-    assert polish.polish_route(0.9, 10_000, None) == "sparse"  # too large to be dense
-    assert polish.polish_route(0.9, 100, None) == "design"
-    assert polish.polish_route(0.9, 100, np.eye(3)[None]) == "moments"
+    full = lambda n: np.triu(np.ones((n, n), dtype=bool))  # noqa: E731
+    chain = lambda n: _pattern(n, [(k, k + 1) for k in range(n - 1)])  # noqa: E731
+    assert polish.polish_route(chain(64), 4, None) == "sparse"  # few pairs overlap
+    assert polish.polish_route(full(8), 10, None) == "design"
+    assert polish.polish_route(full(8), 10, np.eye(3)[None]) == "moments"
+    # 10-D degree 3, partitions (8, 4): every pair overlaps, 9152 unknowns.
+    # Sparse LU of it took 6.6 GiB and failed; the dense matrix is 0.64 GiB.
+    assert polish.polish_route(full(32), 286, None) == "design"
+    # (8, 8): the dense matrix (2.5 GiB) and its LU exceed POLISH_MAX_BYTES
+    assert polish.polish_route(full(64), 286, None) == "iterative"
+    # too large to be dense, but a chain's LU has no fill-in
+    assert polish.polish_route(chain(4000), 20, None) == "sparse"
+    # a fifth of the pairs overlap, scattered: LU fills in to more than the
+    # dense matrix, so it is formed densely
+    rng = np.random.default_rng(0)
+    scattered = np.triu(rng.uniform(size=(60, 60)) < 0.2) | np.eye(60, dtype=bool)
+    assert polish.polish_route(scattered, 10, None) == "design"
+    assert polish._block_factor_entries(scattered) > 0.5 * 60**2
+
+
+def test_fill_estimate_bounds_superlu_on_the_full_matrix():
+    """The LU blocks estimated from the pattern, times M^2 and FILL_MARGIN,
+    are at least the entries of SuperLU's factors of a matrix with that
+    block pattern."""
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
+    rng = np.random.default_rng(1)
+    n_basis = 4
+    for overlaps in [
+        _pattern(40, [(k, k + j) for k in range(40) for j in (1, 2, 3) if k + j < 40]),
+        np.triu(rng.uniform(size=(30, 30)) < 0.15) | np.eye(30, dtype=bool),
+    ]:
+        symmetric = overlaps | overlaps.T
+        matrix = sparse.kron(symmetric.astype(float), rng.uniform(size=(n_basis, n_basis)))
+        matrix = sparse.csc_array(matrix + symmetric.shape[0] * n_basis * sparse.eye_array(
+            matrix.shape[0]))
+        factors = splu(matrix)
+        estimate = polish._block_factor_entries(overlaps) * n_basis**2
+        assert factors.L.nnz + factors.U.nnz <= polish.FILL_MARGIN * estimate
+
+
+def test_iterative_route_polishes_within_the_memory_of_its_blocks(monkeypatch):
+    """Where neither the dense matrix nor the sparse LU fit POLISH_MAX_BYTES,
+    conjugate gradients on the blocks: the fit comes close to the direct
+    polish's, far better than EM's, and the solve never forms the matrix."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (2000, 1))
+    y = np.sin(6 * X[:, 0]) + X[:, 0] ** 2
+    settings = dict(partitions=(16, 8), degree=3, random_state=0)
+    em = HierarchicalPOURegressor(polish=False, **settings).fit(X, y)
+    direct = HierarchicalPOURegressor(**settings).fit(X, y)
+
+    routes, peaks = [], []
+    polish_route, conjugate_gradients = polish.polish_route, polish._conjugate_gradients
+
+    def recorded_route(*args):
+        routes.append(polish_route(*args))
+        return routes[-1]
+
+    def traced_solve(blocks, *args):
+        tracemalloc.start()
+        try:
+            return conjugate_gradients(blocks, *args)
+        finally:
+            peaks.append((tracemalloc.get_traced_memory()[1], blocks.nbytes))
+            tracemalloc.stop()
+
+    monkeypatch.setattr(polish, "polish_route", recorded_route)
+    monkeypatch.setattr(polish, "_conjugate_gradients", traced_solve)
+    monkeypatch.setattr(polish, "POLISH_MAX_BYTES", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        iterative = HierarchicalPOURegressor(**settings).fit(X, y)
+    assert routes[-1] == "iterative"
+    (peak, blocks_bytes), = peaks
+    dense_bytes = 8 * (128 * 4) ** 2
+    assert peak < blocks_bytes < 0.25 * dense_bytes  # solve: vectors of pairs, not matrices
+
+    def error(model):
+        return np.linalg.norm(model.predict(X) - y) / np.linalg.norm(y)
+
+    assert error(direct) < 5e-8
+    assert error(iterative) < min(1e-6, 1e-2 * error(em))
+    np.testing.assert_allclose(iterative.predict(X), direct.predict(X), atol=3e-6)
 
 
 def test_polish_fits_a_blend_the_experts_alone_cannot():
