@@ -380,7 +380,7 @@ def refit_finest_experts(tree, data, settings):
 
     gram, rhs = settings.threads.sum(block, data.X, data.Y, data.sample_weight)
     gram = mirror_upper(gram)
-    total = data.sample_weight.sum()
+    total = settings.threads.total(data.sample_weight)
     nodes.coef = solve_normal_equations(
         gram / total, rhs / total, settings.alpha, settings.n_jobs
     )

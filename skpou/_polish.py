@@ -84,7 +84,7 @@ def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True):
     matrix, rhs = system[route](
         X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
     )
-    total = sample_weight.sum()
+    total = threads.total(sample_weight)
     if not determined:
         alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
     rhs = rhs.reshape(size, n_targets) / total + alpha * level.coef.reshape(size, n_targets)
