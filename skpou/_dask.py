@@ -32,6 +32,7 @@ is imported only when a Dask collection is passed.
 """
 
 import ctypes
+import multiprocessing
 import os
 import sys
 
@@ -238,6 +239,11 @@ def _prepare_worker():
     try:
         get_worker()
     except ValueError:  # not in a worker: Dask's local threads
+        return
+    if multiprocessing.parent_process() is None:
+        # a worker thread in the user's own process (LocalCluster with
+        # processes=False): its settings stay the user's, and the fit's
+        # local_threads limit BLAS while it runs
         return
     threadpool_limits(limits=1, user_api="blas")
     if os.environ.get("MALLOC_TRIM_THRESHOLD_") and sys.platform.startswith("linux"):
