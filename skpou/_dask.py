@@ -35,6 +35,7 @@ import ctypes
 import multiprocessing
 import os
 import sys
+import warnings
 
 import dask
 import dask.array as da
@@ -145,8 +146,13 @@ def _chunk_tasks(per_chunk, function, arrays):
     embedded in every task (it may hold the fitted tree).
     """
     arrays = dask.optimize(*arrays)
-    n_chunks = {a.numblocks[0] for a in arrays}
-    if len(n_chunks) != 1 or any(a.ndim > 1 and a.numblocks[1] != 1 for a in arrays):
+    row_chunks = {a.chunks[0] for a in arrays}
+    known = [c for c in row_chunks if not any(np.isnan(c))]
+    if (
+        len({a.numblocks[0] for a in arrays}) != 1
+        or len(known) > 1
+        or any(a.ndim > 1 and a.numblocks[1] != 1 for a in arrays)
+    ):
         raise ValueError("Arrays passed together must share their chunks of rows.")
     chunks = [a.to_delayed(optimize_graph=False).reshape(-1) for a in arrays]
     shared_function = dask.delayed(function, pure=False)
@@ -521,13 +527,37 @@ def predict_chunks(estimator, X, return_std):
     n_outputs = estimator.n_outputs_
     model = dask.delayed(estimator, pure=False)
     out = X.map_blocks(
-        _predict_chunk, model, return_std, dtype=np.float64,
+        _predict_chunk, model, return_std, meta=np.empty((0, 0, 0)),
         chunks=(X.chunks[0], (1 + return_std,), (n_outputs,)), new_axis=2,
     )
     squeeze = 0 if estimator._y_was_1d else slice(None)
     if not return_std:
         return out[:, 0, squeeze]
     return out[:, 0, squeeze], out[:, 1, squeeze]
+
+
+def predict_partitions_chunks(estimator, X, level):
+    """``estimator.predict_partitions`` of a Dask array or DataFrame: a lazy
+    Dask array (n_samples, n_partitions) with X's chunks of rows."""
+    _check_feature_names(estimator, X, reset=False)
+    X = _as_dask_array(X, "X")
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2-D array X (n_samples, n_features); got {X.ndim}-D.")
+    _check_n_features(estimator, X, reset=False)
+    # the level checked, and the number of partitions, on one in-memory row
+    n_partitions = _partitions_chunk(estimator.x_offset_[None, :], estimator, level).shape[1]
+    return X.rechunk({1: -1}).map_blocks(
+        _partitions_chunk, dask.delayed(estimator, pure=False), level,
+        chunks=(X.chunks[0], (n_partitions,)), meta=np.empty((0, 0)),
+    )
+
+
+def _partitions_chunk(X, estimator, level):
+    _prepare_worker()
+    with warnings.catch_warnings():
+        # names were checked on the Dask input; its chunks are plain arrays
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        return estimator.predict_partitions(np.asarray(X, dtype=np.float64), level)
 
 
 def _predict_chunk(X, estimator, return_std):

@@ -504,7 +504,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Inputs.
+            Inputs. For a Dask array or DataFrame the result is a lazy Dask
+            array with X's chunks of rows.
 
         level : int, default=-1
             Tree level: 0 is the root (one partition), 1 the coarsest split,
@@ -521,6 +522,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             For a level outside the tree, or invalid X.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):  # a lazy Dask array, X's chunks of rows
+            from ._dask import predict_partitions_chunks
+
+            return predict_partitions_chunks(self, X, level)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         n_levels = len(self.tree_.levels)
         if (

@@ -110,6 +110,11 @@ def test_predict_on_dask_is_lazy_and_equals_predict_on_numpy(client):
     np.testing.assert_array_equal(std, expected_std)
     with pytest.raises(ValueError, match="features"):
         model.predict(chunked(X_test[:, :1], 1_300))
+    gates = model.predict_partitions(X_dask, level=1)
+    assert isinstance(gates, da.Array)
+    np.testing.assert_array_equal(gates.compute(), model.predict_partitions(X_test, level=1))
+    with pytest.raises(ValueError, match="level"):
+        model.predict_partitions(X_dask, level=5)
 
 
 def test_same_chunks_give_bit_identical_models_on_any_scheduler(client):
