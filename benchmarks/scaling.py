@@ -325,6 +325,9 @@ def run(report, quick, repeats, out_dir):
         report.target(f"assembly kernel rate, {r['case']}", ">= 50% of BLAS",
                       f"{100 * r['ratio']:.0f}%", r["ratio"] >= 0.5)
 
+    # ------------------------------------------- 6. out of core (Dask)
+    run_out_of_core(report, quick, repeats, out_dir)
+
 
 # --------------------------------------------------------------- kernel bench
 
@@ -459,3 +462,151 @@ def _best_of(fn, repeats):
         result = fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), result
+
+
+# ------------------------------------------------- 6. out of core (Dask)
+
+OUT_OF_CORE = {
+    True: dict(sizes=(200_000, 1_000_000), baseline_n=1_000_000, timeout=900),
+    False: dict(sizes=(1_000_000, 10_000_000, 100_000_000), baseline_n=10_000_000,
+                timeout=4 * 3600),
+}
+OUT_OF_CORE_WORKERS = 2
+# The targets of issue 17, for the largest size.
+MEMORY_TARGET = 4 * 2**30
+PER_ROW_TARGET = 1.5
+
+
+def _dask_probe(spec, timeout):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks._dask_probe", json.dumps(spec)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"dask probe failed for {spec}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_out_of_core(report, quick, repeats, out_dir):
+    """Fits of a Zarr store on disk through a LocalCluster (2 worker
+    processes), against rows; one fresh process per size."""
+    import tempfile
+
+    try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+        import psutil  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError as error:
+        report.add("Out of core: Dask and Zarr",
+                   f"Not run: {error} (install the extra: pip install \"skpou[dask]\" psutil).")
+        return
+    import matplotlib.pyplot as plt
+
+    from ._dask_probe import STORE_CHUNK_ROWS, make_store
+
+    cfg = OUT_OF_CORE[quick]
+    sizes = cfg["sizes"]
+    with tempfile.TemporaryDirectory(prefix="skpou-zarr-") as tmp:
+        store = os.path.join(tmp, "franke.zarr")
+        started = time.perf_counter()
+        make_store(store, sizes[-1])
+        store_seconds = time.perf_counter() - started
+        print(f"[scaling] Zarr store of {sizes[-1]:,} rows written in {store_seconds:.0f} s",
+              flush=True)
+        results = {}
+        for n in sizes:
+            results[n] = _dask_probe(
+                dict(store=store, n=n, n_test=20_000, params={},
+                     n_workers=OUT_OF_CORE_WORKERS), cfg["timeout"])
+            print(f"[scaling] out of core n={n:,}: {results[n]['seconds']:.1f} s, "
+                  f"peak RSS {fmt_bytes(results[n]['rss_peak'])}", flush=True)
+    # the in-memory reference: the same problem and defaults, n_jobs=2
+    baseline_n = cfg["baseline_n"]
+    baseline = _probe(dict(problem="franke_2d", n=baseline_n, n_test=20_000,
+                           params=dict(n_jobs=2), repeats=1, tracemalloc=False))
+    baseline_per_row = baseline["times"][0] / baseline_n
+
+    rows = []
+    for n, res in results.items():
+        per_row = res["seconds"] / n
+        rows.append((f"{n:,}", res["n_chunks"], res["n_iter"], fmt_time(res["seconds"]),
+                     f"{per_row * 1e6:.2f} us", f"{per_row / baseline_per_row:.2f}x",
+                     fmt_err(res["error"]), fmt_bytes(res["rss_peak"]),
+                     fmt_bytes(res["rss_high_water_sum"]), fmt_bytes(n * 24)))
+    report.add(
+        "Out of core: a Zarr store fitted through a LocalCluster (Franke 2-D, defaults)",
+        f"X (n, 2) and y (n,) float64 in an uncompressed Zarr store on disk, "
+        f"chunks of {STORE_CHUNK_ROWS:,} rows (written in {store_seconds:.0f} s; the "
+        f"smaller sizes are its first n rows), opened with `dask.array.from_zarr` and "
+        f"fitted on a `distributed.LocalCluster` of {OUT_OF_CORE_WORKERS} worker processes "
+        "with 1 thread each, one fresh process per size (cluster start-up and the "
+        "workers' Numba kernel loading are not timed). 'peak RSS' is the largest "
+        "sampled sum (every 50 ms) of the RSS of all processes: the client, which "
+        "runs the scheduler and the EM on the subsample, and the nannies and "
+        "workers; 'sum of peaks' adds each process's own peak (VmHWM), an upper "
+        "bound. 'vs in-memory' divides the time per row by that of an in-memory "
+        f"NumPy fit of {baseline_n:,} rows of the same problem (n_jobs=2): "
+        f"{fmt_time(baseline['times'][0])}, {baseline_per_row * 1e6:.2f} us per row, "
+        f"rel L2 {fmt_err(baseline['error'])}.",
+        (("n", "chunks", "V-cycles", "fit time", "per row", "vs in-memory", "rel L2",
+          "peak RSS", "sum of peaks", "X + y on disk"), rows),
+    )
+
+    largest = sizes[-1]
+    res = results[largest]
+    pass_rows = []
+    for record in res["passes"]:
+        pass_rows.append((
+            record["label"], fmt_time(record["seconds"]), record["n_tasks"],
+            fmt_time(record["chunk_task_median"]),
+            f"{record['chunk_task_median'] / res['chunk_rows'] * 1e6:.2f} us"
+            if record["chunk_task_median"] else "n/a",
+            fmt_time(record["per_chunk_all_tasks"]),
+            "-" if record["partial_sum_bytes"] is None else fmt_bytes(record["partial_sum_bytes"]),
+            fmt_time(record["add_task_median"]),
+        ))
+    passes_seconds = sum(r["seconds"] for r in res["passes"])
+    report.add(
+        f"Out of core: the passes over all rows at n = {largest:,} (per-chunk costs)",
+        f"Each pass maps a function over the {res['n_chunks']} chunks of "
+        f"{res['chunk_rows']:,} rows and adds the results in a tree (8 per task). "
+        "'chunk task' is the median compute time of the task that runs the pass's "
+        "function on one chunk (from the scheduler's task stream); 'all tasks per "
+        "chunk' adds the reads from Zarr and the scaling; 'partial sum' is what each "
+        "chunk sends for the reduction. The passes took "
+        f"{fmt_time(passes_seconds)} of the {fmt_time(res['seconds'])} fit; the rest "
+        "is EM on the in-memory subsample and the solves.",
+        (("pass", "wall time", "tasks", "chunk task (median)", "per row",
+          "all tasks per chunk", "partial sum", "add task (median)"), pass_rows),
+    )
+
+    ns = sorted(results)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].loglog(ns, [results[n]["seconds"] for n in ns], "o-", label="Dask fit (LocalCluster)")
+    ax[0].loglog(ns, [baseline_per_row * n for n in ns], "k:",
+                 label=f"in-memory time per row ({fmt_n(baseline_n)} rows) x n")
+    ax[0].set_xlabel("rows")
+    ax[0].set_ylabel("seconds")
+    ax[0].legend(fontsize=7)
+    ax[1].semilogx(ns, [results[n]["rss_peak"] / 2**30 for n in ns], "o-",
+                   label="peak RSS, all processes")
+    ax[1].semilogx(ns, [n * 24 / 2**30 for n in ns], "s:", label="X + y (on disk)")
+    ax[1].axhline(MEMORY_TARGET / 2**30, color="k", ls="--", label="4 GiB target")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("rows")
+    ax[1].set_ylabel("GiB")
+    ax[1].legend(fontsize=7)
+    save_figure(fig, out_dir, f"scaling_out_of_core{'-quick' if quick else ''}.png", report)
+
+    ratio = res["seconds"] / largest / baseline_per_row
+    report.target(f"{fmt_n(largest)}-row Zarr fit on a LocalCluster", "completes",
+                  f"{fmt_time(res['seconds'])}, rel L2 {fmt_err(res['error'])}", True)
+    report.target(f"{fmt_n(largest)}-row Zarr fit: peak RSS of all processes", "< 4 GiB",
+                  fmt_bytes(res["rss_peak"]), res["rss_peak"] < MEMORY_TARGET)
+    report.target(f"{fmt_n(largest)}-row Zarr fit: time per row",
+                  f"<= {PER_ROW_TARGET}x the in-memory {fmt_n(baseline_n)}-row fit's",
+                  f"{ratio:.2f}x ({res['seconds'] / largest * 1e6:.2f} vs "
+                  f"{baseline_per_row * 1e6:.2f} us)", ratio <= PER_ROW_TARGET)

@@ -61,16 +61,26 @@ class Scaling:
 
     @classmethod
     def fit(cls, X, Y, sample_weight):
-        low = X.min(axis=0)
-        high = X.max(axis=0)
-        half_range = high / 2.0 - low / 2.0
         magnitude = np.abs(Y).max(axis=0)
-        magnitude = np.where(magnitude > 0, magnitude, 1.0)
-        unit = Y / magnitude
+        unit = Y / np.where(magnitude > 0, magnitude, 1.0)
         offset = np.average(unit, axis=0, weights=sample_weight)
         spread = np.sqrt(
             np.average((unit - offset) ** 2, axis=0, weights=sample_weight)
         )
+        return cls.from_statistics(X.min(axis=0), X.max(axis=0), magnitude, offset, spread)
+
+    @classmethod
+    def from_statistics(cls, low, high, magnitude, offset, spread):
+        """The maps from per-column statistics of the rows of positive weight.
+
+        ``low``, ``high`` (n_features,): the inputs' minima and maxima;
+        ``magnitude`` (n_targets,): max |y|; ``offset``, ``spread``: the
+        weighted mean and standard deviation of y / magnitude (with
+        magnitude 1 where it is 0). Out-of-core fits (``skpou._dask``) reduce
+        these over chunks.
+        """
+        half_range = high / 2.0 - low / 2.0
+        magnitude = np.where(magnitude > 0, magnitude, 1.0)
         return cls(
             x_offset=low + half_range,
             x_scale=np.where(half_range > 0, half_range, 1.0),
@@ -84,12 +94,13 @@ class Scaling:
         return (X - self.x_offset) / self.x_scale
 
 
-def prepare(X, Y, sample_weight):
+def prepare(X, Y, sample_weight, scaling=None):
     """Rows of positive weight, sorted and scaled: (TrainingData, Scaling,
     number of distinct input rows).
 
     ``X`` (n, n_features), ``Y`` (n, n_targets), ``sample_weight`` (n,),
-    validated and finite. A row without weight takes no part in the fit, as
+    validated and finite. ``scaling``: the maps to use (an out-of-core fit
+    passes those of all rows with a subsample); by default, these rows'. A row without weight takes no part in the fit, as
     if removed; kept, one far outside the weighted rows' box would overflow
     the bases there (0 * inf) and break the fit.
     """
@@ -99,7 +110,8 @@ def prepare(X, Y, sample_weight):
     order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
     X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
     n_distinct = _count_distinct(X_scaled)
-    scaling = Scaling.fit(X, Y, sample_weight)
+    if scaling is None:
+        scaling = Scaling.fit(X, Y, sample_weight)
     X_scaled -= scaling.x_offset
     X_scaled /= scaling.x_scale
     Y_scaled = Y[order]
@@ -120,8 +132,13 @@ def em_subsample(data, size, random_state):
 
     Placing the partitions needs far fewer rows than fitting the experts
     does (as HistGradientBoosting bins on a subsample): the experts are
-    refitted on every row afterwards.
+    refitted on every row afterwards. Out-of-core training data
+    (``skpou._dask.ChunkedTrainingData``) were subsampled from their chunks
+    when prepared: their ``em_data``.
     """
+    drawn = getattr(data, "em_data", None)
+    if drawn is not None:
+        return drawn
     if size is None or data.n_samples <= size:
         return data
     return data.rows(np.sort(random_state.choice(data.n_samples, size, replace=False)))

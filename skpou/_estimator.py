@@ -32,7 +32,7 @@ from . import _refinement
 from ._data import em_subsample, prepare, validation_split
 from ._gates import make_gate
 from ._kinks import place_boundaries_at_crossings
-from ._parallel import local_threads
+from ._parallel import is_dask_collection, local_threads
 from ._polish import polish_experts
 from ._tree import PartitionTree
 
@@ -290,7 +290,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training inputs.
+            Training inputs. A Dask array or DataFrame chunked along rows
+            (any length) is fitted out of core, on the active Dask
+            scheduler (user guide, "Data beyond memory"; needs
+            ``skpou[dask]``).
 
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets. Several outputs share the partitions.
@@ -315,16 +318,29 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         # so keeping the previous attributes is enough.
         previous_state = dict(vars(self))
         try:
-            X, y, sample_weight = self._validate_training_data(X, y, sample_weight)
-            Y = y.reshape(y.shape[0], -1)
-            data, scaling, n_distinct = prepare(X, Y, sample_weight)
-            self._resolve_auto_params(X.shape[1], n_distinct)
+            chunked = is_dask_collection(X, y, sample_weight)
+            if chunked:
+                from . import _dask  # optional dependency, only for Dask input
+
+                self._check_settings()
+                data, scaling, n_distinct, y_was_1d = _dask.prepare_chunks(
+                    self, X, y, sample_weight, self.em_subsample,
+                    check_random_state(self.random_state),
+                )
+            else:
+                X, y, sample_weight = self._validate_training_data(X, y, sample_weight)
+                Y = y.reshape(y.shape[0], -1)
+                data, scaling, n_distinct = prepare(X, Y, sample_weight)
+                y_was_1d = y.ndim == 1
+            self._resolve_auto_params(data.X.shape[1], n_distinct)
             with local_threads(self.n_jobs) as threads:
+                if chunked:
+                    threads = _dask.training_rows(data, threads)
                 self._train(data, n_distinct, threads)
             self.x_offset_, self.x_scale_ = scaling.x_offset, scaling.x_scale
             self.y_offset_, self.y_scale_ = scaling.y_offset, scaling.y_scale
-            self._y_was_1d = y.ndim == 1
-            self.n_outputs_ = Y.shape[1]
+            self._y_was_1d = y_was_1d
+            self.n_outputs_ = data.Y.shape[1]
         except BaseException:
             vars(self).clear()
             vars(self).update(previous_state)
@@ -334,11 +350,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     def _validate_training_data(self, X, y, sample_weight):
         """Validated float64 X (n, d), y (n,) or (n, T), and weights (n,)."""
-        if not _is_auto(self.partitions):
-            _validated_sizes(self.partitions, "partitions")
-        _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
-        if isinstance(self.degree, bool):
-            raise ValueError(f"degree must be an integer or \"auto\"; got {self.degree!r}.")
+        self._check_settings()
         X, y = validate_data(
             self, X, y, multi_output=True, y_numeric=True, dtype=np.float64
         )
@@ -347,6 +359,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
         return X, y, sample_weight
+
+    def _check_settings(self):
+        """What parameter validation leaves to fit: tuple contents, bool degree."""
+        if not _is_auto(self.partitions):
+            _validated_sizes(self.partitions, "partitions")
+        _validated_sizes(self.gate_hidden_sizes, "gate_hidden_sizes")
+        if isinstance(self.degree, bool):
+            raise ValueError(f"degree must be an integer or \"auto\"; got {self.degree!r}.")
 
     def _resolve_auto_params(self, n_features, n_distinct):
         """The "auto" parameters' values for this data, and the basis check.
@@ -393,8 +413,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
         early_stopping = adaptive if self.early_stopping == "auto" else self.early_stopping
         if early_stopping:
+            # out of core: the held-out rows come from the rows drawn into memory
             train, valid = validation_split(
-                data, self.validation_fraction, self.em_subsample, random_state
+                getattr(data, "em_data", data), self.validation_fraction,
+                self.em_subsample, random_state,
             )
             train = em_subsample(train, self.em_subsample, random_state)
             if valid.n_samples == 0:  # too few distinct rows to hold any out
@@ -424,8 +446,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             variance_scale = _multilevel.calibrate_variance(
                 fitted, valid, polish_alpha is None, threads
             )
-        self._finish(tree, data, train is not data, n_distinct, polish_alpha,
-                     previous is not None, settings)
+        self._finish(tree, data, train.n_samples < data.n_samples, n_distinct,
+                     polish_alpha, previous is not None, settings)
         tree.variance_scale = variance_scale
         _multilevel.log(settings, f"done: {int((~tree.gone()).sum())} partitions, "
                                   f"degree {tree.basis.degree}")
@@ -554,7 +576,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if data.X.shape[1] == 1 and self.gate == "linear" and not (
             warm and self.n_cycles == 0  # frozen partitions stay
         ):
-            moved = place_boundaries_at_crossings(tree, data, threads)
+            # Rows out of core cannot be sorted: their kinks are found on
+            # the EM subsample (all rows, if they fit in it).
+            kink_data = data.em_data if getattr(data, "out_of_core", False) else data
+            moved = place_boundaries_at_crossings(tree, kink_data, threads)
             _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
         if polish_alpha is not None:
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
@@ -597,7 +622,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Inputs.
+            Inputs. For a Dask array or DataFrame the results are lazy Dask
+            arrays with X's chunks of rows, computed chunk by chunk.
 
         return_std : bool, default=False
             Also return the predictive standard deviation of the mixture,
@@ -623,7 +649,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             extrapolation overflows.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask import predict_chunks
+
+            return predict_chunks(self, X, return_std)
         X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self._predict_validated(X, return_std)
+
+    def _predict_validated(self, X, return_std):
+        """``predict`` of a validated float64 array (also one Dask chunk)."""
         tree = self.tree_
         # Polished experts are fitted jointly, not as rival explanations:
         # their spread around the mean is no uncertainty.
@@ -650,7 +684,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Inputs.
+            Inputs. For a Dask array or DataFrame the result is a lazy Dask
+            array with X's chunks of rows.
 
         level : int, default=-1
             Tree level: 0 is the root (one partition), 1 the coarsest split,
@@ -667,6 +702,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             For a level outside the tree, or invalid X.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):  # a lazy Dask array, X's chunks of rows
+            from ._dask import predict_partitions_chunks
+
+            return predict_partitions_chunks(self, X, level)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         n_levels = len(self.tree_.levels)
         if (

@@ -400,7 +400,7 @@ def refit_finest_experts(tree, data, settings):
 
     gram, rhs = settings.threads.sum(block, data.X, data.Y, data.sample_weight)
     gram = mirror_upper(gram)
-    total = data.sample_weight.sum()
+    total = settings.threads.total(data.sample_weight)
     nodes.coef = solve_normal_equations(
         gram / total, rhs / total, settings.alpha, settings.n_jobs
     )
@@ -430,7 +430,7 @@ def refit_noise(tree, data, threads):
     nodes = tree.levels[level]
     n_basis = tree.basis.size
     no_noise = np.zeros(nodes.coef.shape[::2])
-    scale = data.n_samples / data.sample_weight.sum()
+    scale = data.n_samples / threads.total(data.sample_weight)
 
     def block(X, Y, sample_weight):
         log_gate = tree.log_gates(X, level)

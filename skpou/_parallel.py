@@ -3,14 +3,16 @@
 Every pass of the fit over the training rows is a map over fixed blocks of
 rows (``map``), or a sum of per-block partial results (``sum``): the
 E-step, the normal equations, the gate terms, the polish system, the noise.
-``Threads`` runs those passes on local threads; this is the one place where
-another backend (Dask, over the chunks of out-of-core arrays) plugs in.
+``Threads`` runs those passes on local threads; ``skpou._dask.DaskRows``,
+the other backend, runs the same functions over the chunks of Dask arrays
+(out of core, on a cluster) and hands NumPy arrays on to ``Threads``.
 
 Blocks have a fixed size: row blocks, and so the order of floating-point
 sums, never depend on the number of threads, which keeps fits bit-identical
 across ``n_jobs``.
 """
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
@@ -67,11 +69,25 @@ class Threads:
                 accumulated += value
         return tuple(total)
 
+    def total(self, sample_weight):
+        """The sum of the weights (a backend over chunks knows it already)."""
+        return sample_weight.sum()
+
     def map_tasks(self, function, tasks):
         """[function(task) for task in tasks], on the pool if there is one."""
         if self._executor is None or len(tasks) <= 1:
             return [function(task) for task in tasks]
         return list(self._executor.map(function, tasks))
+
+
+def is_dask_collection(*values):
+    """Whether any value is a Dask collection (array, DataFrame, Series).
+
+    Without importing Dask: whoever holds a Dask collection imported it, so
+    the core install neither needs nor loads it.
+    """
+    dask = sys.modules.get("dask")
+    return dask is not None and any(dask.is_dask_collection(v) for v in values)
 
 
 @contextmanager

@@ -139,7 +139,7 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     matrix, rhs = system[route](
         X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
     )
-    total = sample_weight.sum()
+    total = threads.total(sample_weight)
     matrix /= total  # dense, the largest array of the fit: in place
     rhs = rhs.reshape(size, n_targets) / total
     diagonal = matrix.diagonal().copy() if route in ("moments", "design") else None

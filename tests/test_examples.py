@@ -14,6 +14,8 @@ matplotlib = pytest.importorskip("matplotlib")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
+# Examples of optional extras: skipped without them (CI installs them).
+NEEDS = {"plot_out_of_core": ("dask", "distributed", "zarr")}
 
 
 def test_examples_found():
@@ -22,6 +24,8 @@ def test_examples_found():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs(path, tmp_path, monkeypatch):
+    for module in NEEDS.get(path.stem, ()):
+        pytest.importorskip(module)
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
