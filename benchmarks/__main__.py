@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from . import paper, peers, scaling  # noqa: E402
+from . import paper, peers, resolution, scaling  # noqa: E402
 from ._common import (  # noqa: E402
     ROOT,
     Report,
@@ -28,7 +28,7 @@ from ._common import (  # noqa: E402
     warm_up_numba,
 )
 
-SUITES = {"paper": paper, "peers": peers, "scaling": scaling}
+SUITES = {"paper": paper, "peers": peers, "scaling": scaling, "resolution": resolution}
 
 
 def main(argv=None):
