@@ -90,9 +90,15 @@ TARGET_PEERS = ("MLP", "HGB", "Spline+Ridge", "KNN", "GPR")
 # A method stops repeating its timed fit once its runs took this long: the
 # targets here are about accuracy, and GPR fits take minutes.
 REPEAT_BUDGET = 5.0
-# Address-space cap of the subprocess that runs the hand-tuned configuration.
-GUARD_MEMORY = 4 * 2**30
-GPR_RESTARTS = 2
+# Address-space cap of the subprocess that runs the hand-tuned configuration:
+# (16, 16) at degree 4 takes ~0.7 GB of RSS in 2-D (n = 1e4), while in 4-D its
+# polish grew past 20 GB before failing when it ran uncapped; capped, it
+# fails within seconds (2 GiB) instead of a minute and a half (3-4 GiB).
+GUARD_MEMORY = 2 * 2**30
+# GPR's second starting point: white noise 1e-2 (standardized y) instead of
+# the peers suite's 1e-6, from which the optimizer reaches a noise-free
+# explanation of noisy data, or collapses onto white noise, more than once.
+GPR_NOISY_START = 1e-2
 EM_PROBLEM, EM_ROWS, EM_SEED = "abs_sum_2d", 3000, 12
 WARM_PROBLEM, WARM_FITS = "sine_cosine_fast_2d", 8
 EM_LONG = dict(n_cycles=50, tol=0.0)
@@ -227,27 +233,44 @@ def _gpr_estimator(model):
 
 
 def gpr_degenerate(model):
-    """The peers' single-start GPR fit ended where it started (the optimizer
-    did not move) or collapsed onto white noise (every length scale below
-    0.01 on standardized inputs, so it predicts the mean between samples)."""
+    """A GPR fit that ended where it started (the optimizer did not move) or
+    collapsed onto white noise (every length scale below 0.01 on standardized
+    inputs, so it predicts the mean between samples)."""
     gp = _gpr_estimator(model)
     if np.allclose(gp.kernel_.theta, gp.kernel.theta):
         return True
     return bool(np.max(gp.kernel_.k1.k2.length_scale) < 1e-2)
 
 
-def fit_gpr(factory, X, y):
-    """peers.py's GPR; if its one optimizer start is degenerate (see
-    gpr_degenerate), refit with GPR_RESTARTS extra random starts, which
-    sklearn adds to the first one and keeps the highest marginal likelihood."""
+def fit_gpr(factory, X, y, noisy=False):
+    """peers.py's GPR, plus a second start where the first may mislead.
+
+    The peers suite's fit (one optimizer start, white noise 1e-6) comes
+    first. On noisy data always, and on noise-free data when that fit is
+    degenerate (see gpr_degenerate), the same GPR is fitted again from white
+    noise GPR_NOISY_START, and the fit of higher log marginal likelihood is
+    kept: GPR's own model selection, deterministic, blind to the test set.
+    ``second_start_``: None (not tried), False (tried, first kept) or True;
+    ``degenerate_``: whether the kept fit is still degenerate.
+    """
     model = factory().fit(X, y)
-    model.restarted_ = False
-    if gpr_degenerate(model):
-        retry = factory().set_params(
-            regressor__gaussianprocessregressor__n_restarts_optimizer=GPR_RESTARTS)
-        model = retry.fit(X, y)
-        model.restarted_ = True
+    second = None
+    if noisy or gpr_degenerate(model):
+        other = factory().set_params(
+            regressor__gaussianprocessregressor__kernel__k2__noise_level=GPR_NOISY_START
+        ).fit(X, y)
+        second = bool(_gpr_estimator(other).log_marginal_likelihood_value_
+                      > _gpr_estimator(model).log_marginal_likelihood_value_)
+        if second:
+            model = other
+    model.second_start_ = second
+    model.degenerate_ = gpr_degenerate(model)
     return model
+
+
+def gpr_usable(outcome):
+    """A GPR result that can serve as a target's reference."""
+    return outcome.ok and not outcome.model.degenerate_
 
 
 def gpr_mean_std(model, X):
@@ -257,17 +280,18 @@ def gpr_mean_std(model, X):
     return (mean_s * scaler.scale_[0] + scaler.mean_[0], std_s * scaler.scale_[0])
 
 
-def run_peer(method, factory, rows, X, y, n_features, repeats):
+def run_peer(method, factory, rows, X, y, n_features, repeats, noisy=False):
     """One peer from peers.peer_methods, on its first ``rows`` training rows."""
     rows = min(rows or len(X), len(X))
     Xs, ys = X[:rows], y[:rows]
     if factory == "krr":
         outcome = run_fit(lambda: _fit_krr(X, y, rows, n_features), repeats)
     elif method == "GPR":
-        outcome = run_fit(lambda: fit_gpr(factory, Xs, ys), repeats)
+        outcome = run_fit(lambda: fit_gpr(factory, Xs, ys, noisy), repeats)
     else:
         outcome = run_fit(lambda: factory().fit(Xs, ys), repeats)
     outcome.rows = rows
+    outcome.noisy = noisy
     return outcome
 
 
@@ -275,8 +299,13 @@ def peer_note(method, outcome, n):
     notes = []
     if getattr(outcome, "rows", n) < n:
         notes.append(f"{outcome.rows} rows")
-    if method == "GPR" and outcome.ok and outcome.model.restarted_:
-        notes.append(f"+{GPR_RESTARTS} restarts")
+    if method == "GPR" and outcome.ok:
+        if outcome.model.second_start_:
+            notes.append(f"noise-{GPR_NOISY_START:g} start kept")
+        elif outcome.model.second_start_ is False and not outcome.noisy:
+            notes.append("2nd start lost")
+        if outcome.model.degenerate_:
+            notes.append("degenerate")
     if not outcome.ok:
         notes.append(f"fit raised {outcome.failure}")
     return ", ".join(notes)
@@ -356,12 +385,15 @@ def _run(report, quick, repeats, out_dir):
         "thread in a process pinned to one CPU. Peers are those of the peers "
         "suite (`peers.peer_methods`), each wrapped in StandardScaler on X and y. "
         f"GPR: ARD RBF + white noise on the first {cfg['gpr_rows']} training "
-        f"rows at most, one optimizer start capped at {GPR_MAX_ITER} L-BFGS "
-        "iterations, as in the peers suite; when that start ends where it "
-        "began or collapses onto white noise (every length scale < 0.01 on "
-        f"standardized inputs), it is refitted with {GPR_RESTARTS} extra "
-        "random starts (sklearn keeps the start of highest marginal "
-        "likelihood; marked '+2 restarts', its time includes both fits). "
+        f"rows at most, L-BFGS capped at {GPR_MAX_ITER} iterations, started "
+        "from white noise 1e-6 as in the peers suite; on the noisy data of "
+        "experiment 3 always, elsewhere when that fit is degenerate (the "
+        "optimizer did not move, or every length scale < 0.01 on standardized "
+        "inputs: a collapse onto white noise), it is fitted a second time "
+        f"from white noise {GPR_NOISY_START:g} and the fit of higher log "
+        "marginal likelihood is kept (notes: 'noise-0.01 start kept', '2nd "
+        "start lost'; the time includes both fits). A GPR still degenerate is "
+        "marked so, and a target that compares with it fails at that case. "
         f"KRR on the first {cfg['krr_rows']} rows. Fit times: wall (CPU), "
         f"median of up to the run's repeats, stopping once a method's runs "
         f"took {REPEAT_BUDGET:.0f} s. Errors: relative L2 on held-out points "
@@ -395,6 +427,7 @@ def surrogates(report, cfg, repeats, quick):
                 out = run_peer(method, factory, rows, X, y, prob.n_features, repeats)
                 res[method] = (out, predict_error(out, Xt, yt))
             e_gpr = res["GPR"][1]
+            usable = gpr_usable(res["GPR"][0])
             r = ratio(e_ours, e_gpr)
             err_rows.append([name, fmt_n(n), fmt_err(e_ours)]
                             + [err_cell(res[m][1], peer_note(m, res[m][0], n)) for m in methods]
@@ -405,8 +438,9 @@ def surrogates(report, cfg, repeats, quick):
             report.target(
                 f"1. surrogate {name}, n={fmt_n(n)}",
                 "default error <= 2x GPR's",
-                f"ours {fmt_err(e_ours)}, GPR {fmt_err(e_gpr)}: {fmt_ratio(r)}x",
-                bool(np.isfinite(r) and r <= 2.0),
+                f"ours {fmt_err(e_ours)}, GPR {fmt_err(e_gpr)}: {fmt_ratio(r)}x"
+                + ("" if usable else " (GPR degenerate: no reference)"),
+                bool(usable and np.isfinite(r) and r <= 2.0),
             )
             print(f"[resolution] surrogate {name} n={n}: ours {fmt_err(e_ours)}, "
                   + ", ".join(f"{m} {fmt_err(res[m][1])}" for m in methods), flush=True)
@@ -517,7 +551,7 @@ def noisy(report, cfg, repeats, quick):
             sd = level * signal_sd
             Xt, ft = prob.sample(cfg["n_test"], seed=1)
             yt = ft + sd * np.random.default_rng([3, level_index]).standard_normal(len(ft))
-            fails, covers = [], []
+            fails, covers, ratios = [], [], []
             for n in cfg["noisy_sizes"]:
                 X, f = prob.sample(n, seed=0)
                 y = f + sd * np.random.default_rng([2, level_index, n]).standard_normal(n)
@@ -531,7 +565,8 @@ def noisy(report, cfg, repeats, quick):
                 res = {}
                 for method in ("GPR", "HGB", "MLP"):
                     factory, rows = peers[method]
-                    out = run_peer(method, factory, rows, X, y, prob.n_features, repeats)
+                    out = run_peer(method, factory, rows, X, y, prob.n_features, repeats,
+                                   noisy=True)
                     res[method] = (out, predict_error(out, Xt, ft))
                 g_out, e_gpr = res["GPR"]
                 g_cover, g_std = float("nan"), float("nan")
@@ -540,7 +575,8 @@ def noisy(report, cfg, repeats, quick):
                     g_cover = float(np.mean(np.abs(yt - g_mean) <= 2 * g_sd))
                     g_std = float(np.mean(g_sd))
                 r_gpr = ratio(e_ours, e_gpr)
-                ok_acc = bool(np.isfinite(r_gpr) and r_gpr <= 1.5
+                ratios.append(fmt_ratio(r_gpr) + ("" if gpr_usable(g_out) else " (GPR degenerate)"))
+                ok_acc = bool(gpr_usable(g_out) and np.isfinite(r_gpr) and r_gpr <= 1.5
                               and e_ours < res["HGB"][1] and e_ours < res["MLP"][1])
                 if not ok_acc:
                     fails.append(fmt_n(n))
@@ -562,7 +598,8 @@ def noisy(report, cfg, repeats, quick):
             report.target(
                 f"3. noisy {name}, noise {level:.0%}: accuracy",
                 f"at every n ({sizes}): error vs truth <= 1.5x GPR's and below HGB's and MLP's",
-                "all n pass" if not fails else f"fails at n = {', '.join(fails)}",
+                f"default / GPR: {', '.join(ratios)}; "
+                + ("all n pass" if not fails else f"fails at n = {', '.join(fails)}"),
                 not fails,
             )
             report.target(
@@ -580,8 +617,9 @@ def noisy(report, cfg, repeats, quick):
     report.add(
         "3. Noisy data: error against the noise-free truth",
         common + descr + ". Relative L2 error of the prediction against the "
-        f"noise-free test values. GPR on at most {cfg['gpr_rows']} rows. 'meets' "
-        "= the accuracy target at this n (<= 1.5x GPR, below HGB and MLP).",
+        f"noise-free test values. GPR on at most {cfg['gpr_rows']} rows, from "
+        "two starts (see above). 'meets' = the accuracy target at this n "
+        "(<= 1.5x GPR's error, GPR not degenerate, below HGB's and MLP's).",
         (("problem", "noise", "n", "HPOU default", "GPR", "default / GPR", "HGB", "MLP",
           "meets"), err_rows),
     )
