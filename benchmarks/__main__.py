@@ -19,7 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from . import paper, peers, scaling  # noqa: E402
+from . import paper, peers, resolution, scaling  # noqa: E402
 from ._common import (  # noqa: E402
     ROOT,
     Report,
@@ -32,7 +32,10 @@ from ._common import (  # noqa: E402
 # "out-of-core" is the last section of "scaling" alone (it takes ~30 min in
 # full mode: a 1e8-row Zarr store fitted through a LocalCluster).
 OUT_OF_CORE = SimpleNamespace(run=scaling.run_out_of_core)
-SUITES = {"paper": paper, "peers": peers, "scaling": scaling, "out-of-core": OUT_OF_CORE}
+SUITES = {
+    "paper": paper, "peers": peers, "scaling": scaling, "resolution": resolution,
+    "out-of-core": OUT_OF_CORE,
+}
 
 
 def main(argv=None):

@@ -165,6 +165,123 @@ def check_friedman_formulas():
         np.testing.assert_allclose(func(X), y, rtol=1e-12, atol=1e-12)
 
 
+# --------------------------------------------------- surrogate test functions
+#
+# Closed forms and input ranges as given by S. Surjanovic and D. Bingham,
+# "Virtual Library of Simulation Experiments: Test Functions and Datasets",
+# Simon Fraser University, https://www.sfu.ca/~ssurjano/ (pages borehole,
+# otlcircuit, piston, wingweight; the functions go back to Harper and Gupta
+# 1983 (borehole), Ben-Ari and Steinberg 2007 (OTL circuit, piston) and
+# Forrester, Sobester and Keane 2008 (wing weight)). Inputs are sampled
+# uniformly on the ranges below, in physical units.
+
+
+def borehole(X):
+    """Water flow through a borehole (8-D), m^3/yr."""
+    rw, r, tu, hu, tl, hl, length, kw = X.T
+    log_ratio = np.log(r / rw)
+    return (2 * np.pi * tu * (hu - hl)) / (
+        log_ratio * (1 + 2 * length * tu / (log_ratio * rw**2 * kw) + tu / tl)
+    )
+
+
+BOREHOLE_LOW = (0.05, 100.0, 63070.0, 990.0, 63.1, 700.0, 1120.0, 9855.0)
+BOREHOLE_HIGH = (0.15, 50000.0, 115600.0, 1110.0, 116.0, 820.0, 1680.0, 12045.0)
+
+
+def otl_circuit(X):
+    """Midpoint voltage of an output transformerless push-pull circuit (6-D), V."""
+    rb1, rb2, rf, rc1, rc2, beta = X.T
+    vb1 = 12 * rb2 / (rb1 + rb2)
+    gain = beta * (rc2 + 9)
+    return ((vb1 + 0.74) * gain / (gain + rf) + 11.35 * rf / (gain + rf)
+            + 0.74 * rf * gain / ((gain + rf) * rc1))
+
+
+OTL_LOW = (50.0, 25.0, 0.5, 1.2, 0.25, 50.0)
+OTL_HIGH = (150.0, 70.0, 3.0, 2.5, 1.2, 300.0)
+
+
+def piston(X):
+    """Cycle time of a piston in a cylinder (7-D), s."""
+    m, s, v0, k, p0, ta, t0 = X.T
+    a = p0 * s + 19.62 * m - k * v0 / s
+    v = s / (2 * k) * (np.sqrt(a**2 + 4 * k * p0 * v0 * ta / t0) - a)
+    return 2 * np.pi * np.sqrt(m / (k + s**2 * p0 * v0 * ta / (t0 * v**2)))
+
+
+PISTON_LOW = (30.0, 0.005, 0.002, 1000.0, 90000.0, 290.0, 340.0)
+PISTON_HIGH = (60.0, 0.020, 0.010, 5000.0, 110000.0, 296.0, 360.0)
+
+
+def wing_weight(X):
+    """Weight of a light aircraft wing (10-D), lb; the sweep angle is in degrees."""
+    sw, wfw, aspect, sweep_deg, q, taper, tc, nz, wdg, wp = X.T
+    cos_sweep = np.cos(np.deg2rad(sweep_deg))
+    return (0.036 * sw**0.758 * wfw**0.0035 * (aspect / cos_sweep**2) ** 0.6
+            * q**0.006 * taper**0.04 * (100 * tc / cos_sweep) ** -0.3
+            * (nz * wdg) ** 0.49 + sw * wp)
+
+
+WING_LOW = (150.0, 220.0, 6.0, -10.0, 16.0, 0.5, 0.08, 2.5, 1700.0, 0.025)
+WING_HIGH = (200.0, 300.0, 10.0, 10.0, 45.0, 1.0, 0.18, 6.0, 2500.0, 0.08)
+
+
+def rosenbrock(X):
+    """sum_i 100 (x_{i+1} - x_i^2)^2 + (x_i - 1)^2: a quartic polynomial."""
+    return np.sum(100 * (X[:, 1:] - X[:, :-1] ** 2) ** 2 + (X[:, :-1] - 1) ** 2, axis=1)
+
+
+# ------------------------------------------- resolution: kinks, jumps, peaks
+
+PWL_KNOTS = (0.0, 0.17, 0.38, 0.55, 0.79, 1.0)
+PWL_VALUES = (0.0, 1.0, 0.4, 1.3, -0.2, 0.5)
+
+
+def piecewise_linear(X):
+    """Continuous piecewise-linear interpolant of PWL_VALUES at PWL_KNOTS
+    (five pieces, kinks at irregular positions)."""
+    return np.interp(X[:, 0], PWL_KNOTS, PWL_VALUES)
+
+
+def jump_across_curve(X):
+    """sin(x0) + 1[x1 > 0.3 + 0.2 sin(4 x0)] on [0, 1]^2: a unit jump across a curve."""
+    return np.sin(X[:, 0]) + (X[:, 1] > 0.3 + 0.2 * np.sin(4 * X[:, 0]))
+
+
+PEAK_HEIGHT = 4.0
+
+
+def heat_capacity_peak(X):
+    """c(T, p) = 1 + A / (1 + ((T - Tc(p)) / w(p))^2) on [0, 1]^2, with
+    T = x0, p = x1, A = 4, Tc(p) = 0.3 + 0.4 p and w(p) = 0.01 + 0.04 p.
+
+    A Lorentzian ridge along the line T = Tc(p), narrowest (half width 0.01,
+    about the sample spacing at n = 1e4) at p = 0 and widening fivefold at
+    p = 1: it mimics the isobaric heat capacity of a fluid near its
+    pseudo-critical line, sharpest near the critical pressure.
+    """
+    t, p = X[:, 0], X[:, 1]
+    width = 0.01 + 0.04 * p
+    return 1.0 + PEAK_HEIGHT / (1.0 + ((t - (0.3 + 0.4 * p)) / width) ** 2)
+
+
+def sine_exp_1d(X):
+    return np.sin(2 * np.pi * X[:, 0]) * np.exp(-X[:, 0])
+
+
+def sine_cosine_2d(X):
+    return np.sin(3 * X[:, 0]) * np.cos(2 * X[:, 1])
+
+
+def abs_sum_2d(X):
+    return np.abs(X[:, 0] - 0.37) + np.abs(X[:, 1] - 0.61)
+
+
+def sine_cosine_fast_2d(X):
+    return np.sin(8 * X[:, 0]) * np.cos(6 * X[:, 1])
+
+
 PROBLEMS = {
     p.name: p
     for p in [
@@ -188,5 +305,31 @@ PROBLEMS = {
                 smooth=False, description="squared triangle wave, 12 quadratic pieces"),
         Problem("curve_abs_2d", 2, curve_c0, (0.0, 0.0), (1.0, 1.0), smooth=False,
                 description="|y - (x - 1/2)^2| on [0, 1]^2 (C0 across a parabola)"),
+        Problem("otl_circuit_6d", 6, otl_circuit, OTL_LOW, OTL_HIGH,
+                description="OTL circuit midpoint voltage (Surjanovic & Bingham)"),
+        Problem("piston_7d", 7, piston, PISTON_LOW, PISTON_HIGH,
+                description="piston cycle time (Surjanovic & Bingham)"),
+        Problem("borehole_8d", 8, borehole, BOREHOLE_LOW, BOREHOLE_HIGH,
+                description="borehole water flow (Surjanovic & Bingham)"),
+        Problem("wing_weight_10d", 10, wing_weight, WING_LOW, WING_HIGH,
+                description="light aircraft wing weight (Surjanovic & Bingham)"),
+        Problem("rosenbrock_4d", 4, rosenbrock, (-2.048,) * 4, (2.048,) * 4,
+                description="Rosenbrock, sum_i 100 (x_{i+1} - x_i^2)^2 + (x_i - 1)^2, "
+                "on [-2.048, 2.048]^4 (quartic)"),
+        Problem("pwl_1d", 1, piecewise_linear, (0.0,), (1.0,), smooth=False,
+                description="continuous piecewise linear, kinks at 0.17, 0.38, 0.55, 0.79"),
+        Problem("jump_2d", 2, jump_across_curve, (0.0, 0.0), (1.0, 1.0), smooth=False,
+                description="sin(x0) + 1[x1 > 0.3 + 0.2 sin(4 x0)] on [0, 1]^2 (jump across a curve)"),
+        Problem("heat_peak_2d", 2, heat_capacity_peak, (0.0, 0.0), (1.0, 1.0),
+                description="1 + 4 / (1 + ((x0 - 0.3 - 0.4 x1) / (0.01 + 0.04 x1))^2) "
+                "on [0, 1]^2 (narrow ridge)"),
+        Problem("sine_exp_1d", 1, sine_exp_1d, (0.0,), (1.0,),
+                description="sin(2 pi x0) exp(-x0) on [0, 1]"),
+        Problem("sine_cosine_2d", 2, sine_cosine_2d, (0.0, 0.0), (1.0, 1.0),
+                description="sin(3 x0) cos(2 x1) on [0, 1]^2"),
+        Problem("abs_sum_2d", 2, abs_sum_2d, (0.0, 0.0), (1.0, 1.0), smooth=False,
+                description="|x0 - 0.37| + |x1 - 0.61| on [0, 1]^2"),
+        Problem("sine_cosine_fast_2d", 2, sine_cosine_fast_2d, (0.0, 0.0), (1.0, 1.0),
+                description="sin(8 x0) cos(6 x1) on [0, 1]^2"),
     ]
 }
