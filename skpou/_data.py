@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# Weights beyond this many times the median are capped in the fit's
+# auxiliary estimates (TrainingData.capped_weight).
+WEIGHT_CAP = 10.0
+
+
 class TrainingData:
     """Scaled training arrays, passed together through the EM steps.
 
@@ -19,13 +24,32 @@ class TrainingData:
     Every row has positive weight: rows without weight are dropped first.
     """
 
-    __slots__ = ("X", "Y", "sample_weight", "_n_distinct")
+    __slots__ = ("X", "Y", "sample_weight", "_n_distinct", "_capped_weight")
 
     def __init__(self, X, Y, sample_weight):
         self.X = np.ascontiguousarray(X)
         self.Y = np.ascontiguousarray(Y)
         self.sample_weight = sample_weight
         self._n_distinct = None
+        self._capped_weight = None
+
+    @property
+    def capped_weight(self):
+        """The sample weights capped at WEIGHT_CAP times their median (n,).
+
+        What the fit's auxiliary estimates weigh rows by: the experts' local
+        frames, the EM noise, the gates, the scale of the normal equations
+        (and so of their ridge), and held-out errors. A row of huge weight
+        says the fit must pass close to it, not that the noise is small
+        everywhere, nor that the frames, which must span where the rows
+        lie, should shrink onto it: uncapped, one weight 1e6 times the
+        others' made partitions collapse and the fit lose its accuracy to
+        round-off. The least-squares fits themselves use the full weights.
+        """
+        if self._capped_weight is None:
+            w = self.sample_weight
+            self._capped_weight = np.minimum(w, WEIGHT_CAP * np.median(w))
+        return self._capped_weight
 
     @property
     def n_samples(self):
@@ -99,7 +123,7 @@ def prepare(X, Y, sample_weight, scaling=None):
     number of distinct input rows).
 
     ``X`` (n, n_features), ``Y`` (n, n_targets), ``sample_weight`` (n,),
-    validated and finite. ``scaling``: the maps to use (an out-of-core fit
+    validated and finite (the weights are returned scaled, see below). ``scaling``: the maps to use (an out-of-core fit
     passes those of all rows with a subsample); by default, these rows'. A row without weight takes no part in the fit, as
     if removed; kept, one far outside the weighted rows' box would overflow
     the bases there (0 * inf) and break the fit.
@@ -107,11 +131,18 @@ def prepare(X, Y, sample_weight, scaling=None):
     weighted = sample_weight > 0
     if not weighted.all():
         X, Y, sample_weight = X[weighted], Y[weighted], sample_weight[weighted]
+    # Weights only count relative to each other: divided by the largest, so
+    # that neither subnormal weights nor sums of weights near the float
+    # range break the fit, and equal weights of any size become exactly 1
+    # (the unweighted fit).
+    if sample_weight.size:
+        sample_weight = sample_weight / sample_weight.max()
     order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
     X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
     n_distinct = _count_distinct(X_scaled)
-    if scaling is None:
-        scaling = Scaling.fit(X, Y, sample_weight)
+    if scaling is None:  # with capped weights, as TrainingData.capped_weight says
+        capped = np.minimum(sample_weight, WEIGHT_CAP * np.median(sample_weight))
+        scaling = Scaling.fit(X, Y, capped)
     X_scaled -= scaling.x_offset
     X_scaled /= scaling.x_scale
     Y_scaled = Y[order]

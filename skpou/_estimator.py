@@ -42,6 +42,8 @@ from ._tree import PartitionTree
 # times costlier for little gain.
 AUTO_MAX_DEGREE = 4
 AUTO_MAX_BASIS = 56
+# Weight ratios beyond this are warned about (see _validate_training_data).
+MAX_WEIGHT_RATIO = 1e8
 # partitions="auto" starts refinement at this degree at most (p-steps raise it).
 START_DEGREE = 2
 # gate_alpha="auto" for the softmax gates: sharper transitions in 1-D and 2-D,
@@ -358,6 +360,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
+        positive = sample_weight[sample_weight > 0]
+        if positive.size and positive.max() > MAX_WEIGHT_RATIO * positive.min():
+            warnings.warn(
+                f"sample_weight spans {np.log10(positive.max() / positive.min()):.0f} "
+                "orders of magnitude: the least-squares fits square the condition "
+                f"of their systems, and beyond ~{np.log10(MAX_WEIGHT_RATIO):.0f} orders "
+                "the rows of small weight are fitted only to round-off.",
+                UserWarning,
+            )
         return X, y, sample_weight
 
     def _check_settings(self):
@@ -584,7 +595,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if polish_alpha is not None:
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             tree.levels[-1].coef = polish_experts(
-                data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined
+                data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined,
+                _capped_total(data),
             )
         _multilevel.refit_noise(tree, data, threads)
 
@@ -812,3 +824,10 @@ class _TrainingHistory:
         # is close to the R^2 of the rows
         self.validation_scores.append(1.0 - validation_error)
         self.train_scores.append(1.0 - train_error)
+
+
+def _capped_total(data):
+    """The sum of ``TrainingData.capped_weight``; None out of core (the
+    chunks' plain total serves)."""
+    capped = getattr(data, "capped_weight", None)
+    return None if capped is None else capped.sum()

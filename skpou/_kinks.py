@@ -69,7 +69,9 @@ def place_boundaries_at_crossings(tree, data, threads):
     """
     level = tree.finest
     rows = np.argsort(data.X[:, 0], kind="stable")
-    X, Y, weight = data.X[rows], data.Y[rows], data.sample_weight[rows]
+    # capped weights (``TrainingData.capped_weight``): one row of huge weight
+    # would make the typical error its own and every blend look like a kink
+    X, Y, weight = data.X[rows], data.Y[rows], data.capped_weight[rows]
     winner = _winners(tree, X, level)
 
     def loss(X, Y, weight):

@@ -115,7 +115,7 @@ def add_level(tree, data, resp, n_children, settings, random_state):
     child_start = tree.levels[level].child_start
     split, split_logits = split_along_axis(data, resp, child_start, tree.basis.degree)
     tree.levels[level].gate_params = fit_level_split(
-        tree.gates, data.X, data.sample_weight, split, split_logits, child_start,
+        tree.gates, data.X, data.capped_weight, split, split_logits, child_start,
         settings.threads, INIT_GATE_ITER, random_state,
     )
     del split
@@ -192,11 +192,13 @@ def e_step(tree, data, level, settings):
         gate = np.exp(gate, out=gate)
         return weighted_moments(X, gate, sample_weight)
 
-    moments = settings.threads.sum(block, data.X, data.Y, data.sample_weight, resp, log_lik)
+    # the gates' moments with the frame weights: see TrainingData.capped_weight
+    moments = settings.threads.sum(block, data.X, data.Y, data.capped_weight, resp, log_lik)
     sw = data.sample_weight
     return (
         resp, float(sw @ log_lik / sw.sum()),
-        frames_from_moments(*moments, MIN_FRAME_SCALE), moments[0] / sw.sum(),
+        frames_from_moments(*moments, MIN_FRAME_SCALE),
+        moments[0] / data.capped_weight.sum(),
     )
 
 
@@ -235,28 +237,34 @@ def m_step_experts(tree, data, level, resp, settings, frames=None):
     there (``tests/test_hardening.py::test_expert_frames_span_their_gates``).
     """
     if frames is None:
-        frames = local_frames(data.X, resp, data.sample_weight, MIN_FRAME_SCALE)
+        frames = local_frames(data.X, resp, data.capped_weight, MIN_FRAME_SCALE)
     nodes = tree.levels[level]
     nodes.centers, nodes.scales = frames
     gram, rhs = normal_equations(
         data.X, data.Y, data.sample_weight, resp, nodes.centers, nodes.scales,
         tree.basis, settings.threads,
     )
-    total = data.sample_weight.sum()
+    total = data.capped_weight.sum()
     nodes.coef = solve_normal_equations(
         gram / total, rhs / total, settings.alpha, settings.n_jobs
     )
 
 
 def m_step_noise(tree, data, level, resp, settings):
-    """The noise model's M-step: log variances per node and output."""
+    """The noise model's M-step: log variances per node and output.
+
+    Rows weigh in with their capped weights (``TrainingData.capped_weight``):
+    one row of huge weight that the experts fit closely says little of the
+    noise at the other rows, and would make their responsibilities so sharp
+    that partitions collapse.
+    """
     nodes = tree.levels[level]
     n_outputs = data.Y.shape[1]
     if settings.sigma == "fixed":
         nodes.log_var = np.zeros((resp.shape[1], n_outputs))
         return
     squared, mass = weighted_squared_residuals(
-        data.X, data.Y, data.sample_weight, resp, nodes, tree.basis, settings.threads
+        data.X, data.Y, data.capped_weight, resp, nodes, tree.basis, settings.threads
     )
     if settings.sigma == "shared":
         var = np.broadcast_to(pooled_variance(squared, mass), squared.shape)
@@ -287,7 +295,7 @@ def m_step_gates(tree, data, level, resp, settings):
     """Update the conditional gates pi_{j|parent} of one level."""
     nodes = tree.levels[level]
     nodes.gate_params = level_m_step(
-        tree.gates, data.X, data.sample_weight, resp, nodes.gate_params,
+        tree.gates, data.X, data.capped_weight, resp, nodes.gate_params,
         nodes.child_start, settings.threads,
     )
 
@@ -400,7 +408,9 @@ def refit_finest_experts(tree, data, settings):
 
     gram, rhs = settings.threads.sum(block, data.X, data.Y, data.sample_weight)
     gram = mirror_upper(gram)
-    total = settings.threads.total(data.sample_weight)
+    # the scale of the ridge, as in m_step_experts (out of core: the total)
+    capped = getattr(data, "capped_weight", None)
+    total = settings.threads.total(data.sample_weight) if capped is None else capped.sum()
     nodes.coef = solve_normal_equations(
         gram / total, rhs / total, settings.alpha, settings.n_jobs
     )

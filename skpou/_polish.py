@@ -96,12 +96,15 @@ def _block_factor_entries(overlaps):
     return factors.L.nnz + factors.U.nnz - n_nodes  # the unit diagonal of L is implicit
 
 
-def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True):
+def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None):
     """``polish_candidates`` for one ridge: the coefficients (K, M, T)."""
-    return polish_candidates(X, Y, sample_weight, tree, (alpha,), threads, determined)[0]
+    return polish_candidates(
+        X, Y, sample_weight, tree, (alpha,), threads, determined, total
+    )[0]
 
 
-def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=True):
+def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=True,
+                      total=None):
     """The finest experts' coefficients (K, M, T) that minimize the blended
     error, for each ridge in ``alphas`` (the system is formed once).
 
@@ -111,7 +114,10 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     only part of the coefficients and the ridge decides the rest; a ridge
     as small as ``alpha`` would let round-off decide it (a change of eps in
     the matrix moves the solution by eps / alpha), so there it is at least
-    UNDERDETERMINED_POLISH_RIDGE.
+    UNDERDETERMINED_POLISH_RIDGE. ``total``: the weight the system is
+    normalized by, and so the ridge's scale (by default the weights' sum;
+    ``TrainingData.capped_weight``'s, so that one row of huge weight does
+    not shrink the ridge's reach to the other rows).
     """
     level = tree.levels[-1]
     n_nodes, n_basis, n_targets = level.coef.shape
@@ -139,7 +145,8 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     matrix, rhs = system[route](
         X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
     )
-    total = threads.total(sample_weight)
+    if total is None:
+        total = threads.total(sample_weight)
     matrix /= total  # dense, the largest array of the fit: in place
     rhs = rhs.reshape(size, n_targets) / total
     diagonal = matrix.diagonal().copy() if route in ("moments", "design") else None

@@ -72,7 +72,7 @@ class Step:
 
 def blended_error(tree, data, threads):
     """Weighted mean squared error of the blended mean (standardized units,
-    averaged over outputs)."""
+    averaged over outputs), rows weighted by ``TrainingData.capped_weight``."""
     level = tree.finest
     no_noise = np.zeros(tree.levels[level].coef.shape[::2])
 
@@ -80,8 +80,8 @@ def blended_error(tree, data, threads):
         mean, _ = tree.moments(X, level, no_noise, False)
         return (sample_weight @ ((Y - mean) ** 2).mean(axis=1),)
 
-    (total,) = threads.sum(block, data.X, data.Y, data.sample_weight)
-    return float(total / data.sample_weight.sum())
+    (total,) = threads.sum(block, data.X, data.Y, data.capped_weight)
+    return float(total / data.capped_weight.sum())
 
 
 def partition_errors(tree, data, threads):
@@ -357,7 +357,8 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
     the held-out errors (unpolished first, then one per POLISH_RIDGES)."""
     errors = [blended_error(tree, valid, threads)]
     candidates = polish_candidates(
-        train.X, train.Y, train.sample_weight, tree, POLISH_RIDGES, threads, determined
+        train.X, train.Y, train.sample_weight, tree, POLISH_RIDGES, threads, determined,
+        train.capped_weight.sum(),
     )
     polished = tree.copy()
     for coef in candidates:

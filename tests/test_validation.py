@@ -1,12 +1,14 @@
 """Bad and extreme input: a clear ValueError, or a correct fit."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from skpou import HierarchicalPOURegressor
 from skpou._basis import total_degree_powers
@@ -493,3 +495,79 @@ def test_expert_frames_span_their_gates():
     error = np.linalg.norm(model.predict(X_test) - y_test) / np.linalg.norm(y_test)
     assert error < 1e-6, error
     assert model.tree_.levels[-1].scales.min() > 1e-3
+
+
+# ------------------------------------------------------------ sample weights
+
+
+def _sine_rows(n=200):
+    x = np.linspace(0, 1, n)
+    return x[:, None], np.sin(2 * np.pi * x)
+
+
+@pytest.mark.parametrize("value", [1e-320, 1e-200, 1e306])
+@pytest.mark.parametrize("partitions", ["auto", (4, 4)])
+def test_equal_weights_of_any_size_give_the_unweighted_fit(value, partitions):
+    X, y = _sine_rows()
+    params = dict(partitions=partitions, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        expected = HierarchicalPOURegressor(**params).fit(X, y).predict(X)
+        got = HierarchicalPOURegressor(**params).fit(
+            X, y, sample_weight=np.full(y.size, value)
+        ).predict(X)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("where", [0, 100])
+def test_one_huge_weight_does_not_break_the_fit(where):
+    # Noise-free rows: any weighting leaves the target as the best fit.
+    X, y = _sine_rows()
+    weight = np.ones(y.size)
+    weight[where] = 1e6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = HierarchicalPOURegressor(random_state=0).fit(X, y, sample_weight=weight)
+    x_test = np.linspace(0, 1, 1001)
+    truth = np.sin(2 * np.pi * x_test)
+    error = np.linalg.norm(model.predict(x_test[:, None]) - truth) / np.linalg.norm(truth)
+    assert error < 1e-6, error
+
+
+def test_weights_spanning_too_many_orders_are_warned_about():
+    X, y = _sine_rows()
+    weight = np.ones(y.size)
+    weight[0] = 1e12
+    with pytest.warns(UserWarning, match="12 orders of magnitude"):
+        HierarchicalPOURegressor(partitions=(2,), degree=2).fit(X, y, sample_weight=weight)
+
+
+# ---------------------------------------------------- rows far from the rest
+
+
+@pytest.mark.parametrize("far, n_rows", [(120.0, 1500), (1e6, 2000), (1e4, 200)])
+def test_one_far_training_row(far, n_rows):
+    # A near-singular expert system once passed the Cholesky check and then
+    # failed in the LU solve (LinAlgError); placed in the scaled box, the
+    # partitions also missed the rows (relative error 1.0 on [0, 1]).
+    x = np.r_[np.linspace(0, 1, n_rows), far]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = HierarchicalPOURegressor(random_state=0).fit(x[:, None], np.sin(2 * np.pi * x))
+    x_test = np.linspace(0, 1, 1001)
+    truth = np.sin(2 * np.pi * x_test)
+    error = np.linalg.norm(model.predict(x_test[:, None]) - truth) / np.linalg.norm(truth)
+    assert error < 1e-2 if n_rows == 200 else error < 1e-5, error
+
+
+def test_near_singular_expert_systems_are_solved_not_raised():
+    from skpou._experts import solve_normal_equations
+
+    # rank one plus a tiny ridge: condition ~1e17, Cholesky succeeds
+    phi = np.logspace(0, 8, 10)
+    gram = np.stack([np.outer(phi, phi), np.eye(10)])
+    rhs = np.stack([phi[:, None], np.ones((10, 1))])
+    coef = solve_normal_equations(gram, rhs, alpha=1e-10, n_jobs=None)
+    assert np.all(np.isfinite(coef))
+    np.testing.assert_allclose(gram[0] @ coef[0], rhs[0], rtol=1e-6)
+    np.testing.assert_allclose(coef[1], 1 / (1 + 1e-10), rtol=1e-12)
