@@ -259,7 +259,9 @@ def describe_hpou(params=None):
 
     defaults = HierarchicalPOURegressor().get_params()
     params = dict(defaults, **(params or {}))
-    text = f"{tuple(params['partitions'])}, deg {params['degree']}"
+    partitions = params["partitions"]
+    shape = partitions if isinstance(partitions, str) else tuple(partitions)
+    text = f"{shape}, deg {params['degree']}"
     for key, value in params.items():
         if key not in ("partitions", "degree") and value != defaults.get(key):
             text += f", {key}={value}"

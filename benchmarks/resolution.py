@@ -180,12 +180,14 @@ def describe_fitted(outcome):
         return f"fit raised {outcome.failure}"
     m = outcome.model
     gate_alpha = getattr(m, "gate_alpha_", None)
-    text = (f"partitions {tuple(getattr(m, 'partitions_', ()))}, deg "
+    text = (f"{getattr(m, 'n_partitions_', '?')} partitions "
+            f"(levels {tuple(getattr(m, 'partitions_', ()))}), deg "
             f"{getattr(m, 'degree_', '?')}, gate_alpha "
             f"{'?' if gate_alpha is None else format(gate_alpha, '.3g')}, "
-            f"{getattr(m, 'n_iter_', '?')} cycles")
-    score = getattr(m, "validation_score_", None)
-    text += f", validation_score_ {score:.4g}" if score is not None else \
+            f"{getattr(m, 'n_iter_', '?')} cycles, "
+            f"{len(getattr(m, 'refinement_path_', []))} refinement steps")
+    scores = np.asarray(getattr(m, "validation_score_", []))
+    text += f", best validation_score_ {scores.max():.6g}" if scores.size else \
         ", validation_score_ n/a"
     pruned = pruned_count(m)
     if pruned:

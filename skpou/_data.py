@@ -119,36 +119,46 @@ class Scaling:
 
 
 def prepare(X, Y, sample_weight, scaling=None):
-    """Rows of positive weight, sorted and scaled: (TrainingData, Scaling,
-    number of distinct input rows).
+    """Rows of positive weight, sorted, merged and scaled: (TrainingData,
+    Scaling, number of distinct input rows).
 
     ``X`` (n, n_features), ``Y`` (n, n_targets), ``sample_weight`` (n,),
-    validated and finite (the weights are returned scaled, see below). ``scaling``: the maps to use (an out-of-core fit
-    passes those of all rows with a subsample); by default, these rows'. A row without weight takes no part in the fit, as
-    if removed; kept, one far outside the weighted rows' box would overflow
-    the bases there (0 * inf) and break the fit.
+    validated and finite. ``scaling``: the maps to use (an out-of-core fit
+    passes those of all rows with a subsample); by default, these rows'.
+
+    - A row without weight takes no part in the fit, as if removed; kept,
+      one far outside the weighted rows' box would overflow the bases there
+      (0 * inf) and break the fit.
+    - Rows are sorted lexicographically, and equal rows (inputs and targets)
+      merged into one of their summed weight: a row repeated k times and a
+      row of weight k then give the fit the same arrays, to the last bit,
+      and no sum depends on the caller's row order.
+    - Weights only count relative to each other: they are divided by the
+      largest, so that neither subnormal weights nor sums of weights near
+      the float range break the fit, and equal weights of any size become
+      exactly 1 (the unweighted fit).
     """
     weighted = sample_weight > 0
     if not weighted.all():
         X, Y, sample_weight = X[weighted], Y[weighted], sample_weight[weighted]
-    # Weights only count relative to each other: divided by the largest, so
-    # that neither subnormal weights nor sums of weights near the float
-    # range break the fit, and equal weights of any size become exactly 1
-    # (the unweighted fit).
-    if sample_weight.size:
-        sample_weight = sample_weight / sample_weight.max()
-    order = np.lexsort((sample_weight, *Y.T[::-1], *X.T[::-1]))
-    X_scaled = X[order]  # a copy, scaled in place below: one copy of X in all
+    order = np.lexsort((*Y.T[::-1], *X.T[::-1]))
+    X_scaled, Y_scaled, weight = X[order], Y[order], sample_weight[order]  # copies
+    equal = (X_scaled[1:] == X_scaled[:-1]).all(axis=1) & (Y_scaled[1:] == Y_scaled[:-1]).all(axis=1)
+    if equal.any():
+        first = np.flatnonzero(np.r_[True, ~equal])
+        weight = np.bincount(np.cumsum(np.r_[True, ~equal]) - 1, weights=weight)
+        X_scaled, Y_scaled = X_scaled[first], Y_scaled[first]
+    if weight.size:
+        weight = weight / weight.max()
     n_distinct = _count_distinct(X_scaled)
     if scaling is None:  # with capped weights, as TrainingData.capped_weight says
-        capped = np.minimum(sample_weight, WEIGHT_CAP * np.median(sample_weight))
-        scaling = Scaling.fit(X, Y, capped)
+        capped = np.minimum(weight, WEIGHT_CAP * np.median(weight))
+        scaling = Scaling.fit(X_scaled, Y_scaled, capped)
     X_scaled -= scaling.x_offset
     X_scaled /= scaling.x_scale
-    Y_scaled = Y[order]
     Y_scaled /= scaling.y_scale  # divided first: no overflow near the float range
     Y_scaled -= scaling.y_offset / scaling.y_scale
-    return TrainingData(X_scaled, Y_scaled, sample_weight[order]), scaling, n_distinct
+    return TrainingData(X_scaled, Y_scaled, weight), scaling, n_distinct
 
 
 def _count_distinct(X_sorted):

@@ -399,12 +399,16 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             self.gate_alpha_ = float(self.gate_alpha)
         n_basis = comb(n_features + self.degree_, self.degree_)
         if n_distinct < n_basis:
-            raise ValueError(
-                f"Found n_samples={n_distinct} distinct samples with positive "
-                f"weight, but degree={self.degree_} in {n_features} dimensions has "
-                f"{n_basis} basis functions: at least that many "
-                "samples are needed. Lower `degree` or add samples."
+            # As a polynomial + ridge pipeline would: fit what the rows
+            # determine, and say so.
+            lowered = _highest_determined_degree(n_features, n_distinct, self.degree_)
+            warnings.warn(
+                f"degree={self.degree_} in {n_features} dimensions has {n_basis} "
+                f"basis functions, more than the {n_distinct} distinct samples with "
+                f"positive weight determine: fitting degree {lowered} instead.",
+                UserWarning,
             )
+            self.degree_ = lowered
 
     def _train(self, data, n_distinct, threads):
         """Multilevel EM (on a fixed or a growing tree), then the steps after
@@ -784,6 +788,13 @@ def _auto_degree(n_features, n_samples):
         if n_basis <= min(AUTO_MAX_BASIS, n_samples):
             return degree
     return 0
+
+
+def _highest_determined_degree(n_features, n_samples, degree):
+    """The highest degree <= ``degree`` whose basis n_samples rows determine."""
+    while degree > 0 and comb(n_features + degree, degree) > n_samples:
+        degree -= 1
+    return degree
 
 
 def _auto_gate_alpha(gate, n_features):

@@ -534,6 +534,7 @@ class MLPGate:
     def _fit_parent(self, X, weight, labels, params, max_iter):
         if X.shape[0] == 0:
             return params
+        X, weight, labels = _merged_equal_rows(X, weight, labels)
         shapes = [param.shape for param in params]
         sizes = [param.size for param in params]
         n_children = labels.shape[1]  # outputs beyond these are padding
@@ -569,3 +570,17 @@ class MLPGate:
             options={"maxiter": max_iter},
         )
         return tuple(unpack(result.x))
+
+
+def _merged_equal_rows(X, weight, labels):
+    """Adjacent equal rows (same inputs and labels) as one row of their
+    summed weight. Rows come in canonical order, so a row repeated k times
+    and one of weight k give L-BFGS the same problem, to the last bit:
+    summed over rows, the same loss would round differently, and the
+    optimizer's path amplifies that."""
+    same = np.all(X[1:] == X[:-1], axis=1) & np.all(labels[1:] == labels[:-1], axis=1)
+    if not same.any():
+        return X, weight, labels
+    group = np.concatenate([[0], np.cumsum(~same)])
+    first = np.flatnonzero(np.r_[True, ~same])
+    return X[first], np.bincount(group, weights=weight), labels[first]
