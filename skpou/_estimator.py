@@ -124,18 +124,21 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         data fix only part of them: the rest stay near their EM values.
 
     n_cycles : int, default=5
-        Maximum number of V-cycles of the multilevel EM.
+        Maximum number of V-cycles of the multilevel EM (with
+        ``partitions="auto"``, of each refinement step; sharp gates take at
+        least 20, which they need to sharpen).
 
     tol : float, default=1e-4
         Stop when the relative change of the EM objective (the negative mean
         log-likelihood, relative to ``max(|loss|, 1)``) between two cycles falls
         below ``tol``. ``tol=0`` runs all ``n_cycles``.
 
-    em_subsample : int or None, default=100_000
-        The initialization and V-cycles, which place the partitions, run on
-        at most this many rows drawn without replacement (seeded by
-        ``random_state``); the experts are then refitted, and polished, on
-        all rows. ``None`` runs EM on every row.
+    em_subsample : int or None, default=20_000
+        The initialization, V-cycles and refinement, which place the
+        partitions and choose the degree, run on at most this many rows
+        drawn without replacement (seeded by ``random_state``); the experts
+        are then refitted, and polished, on all rows. ``None`` runs them on
+        every row (their cost grows with the rows).
 
     n_jobs : int, default=None
         Threads for assembling and solving the per-partition problems
@@ -254,7 +257,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         polish=True,
         n_cycles=5,
         tol=1e-4,
-        em_subsample=100_000,
+        em_subsample=20_000,
         early_stopping="auto",
         validation_fraction=0.1,
         n_iter_no_change=2,
@@ -361,9 +364,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
         positive = sample_weight[sample_weight > 0]
-        if positive.size and positive.max() > MAX_WEIGHT_RATIO * positive.min():
+        # In logarithms: the ratio of the extremes overflows for weights near
+        # the float range's ends.
+        span = 0.0
+        if positive.size:
+            span = np.log10(positive.max()) - np.log10(positive.min())
+        if span > np.log10(MAX_WEIGHT_RATIO):
             warnings.warn(
-                f"sample_weight spans {np.log10(positive.max() / positive.min()):.0f} "
+                f"sample_weight spans {span:.0f} "
                 "orders of magnitude: the least-squares fits square the condition "
                 f"of their systems, and beyond ~{np.log10(MAX_WEIGHT_RATIO):.0f} orders "
                 "the rows of small weight are fitted only to round-off.",
@@ -548,12 +556,12 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 previous, train, settings,
                 coarsest=max(previous.finest - _refinement.CYCLE_DEPTH + 1, 0),
             )
-            tree, error, losses = _refinement.train_validated(
-                previous, train, valid, self.n_cycles, 1, settings
-            )
-            path = [_refinement.Step("warm start", int((~tree.gone()).sum()),
-                                     tree.basis.degree, error, np.nan, len(losses),
-                                     0.0, True, losses)]
+            tree = previous
+            path = [_refinement.Step(
+                "warm start", int((~tree.gone()).sum()), tree.basis.degree,
+                _refinement.judged_error(tree, train, valid, settings.threads),
+                np.nan, 0, 0.0, True, [],
+            )]
         else:
             sharp = None
             if self.gate_alpha == "auto" and self.gate != "mlp":

@@ -44,6 +44,10 @@ FILL_MARGIN = 2.0
 BYTES_PER_SPARSE_ENTRY = 12
 # Rows of the blended design matrix formed at once by the dense route.
 DESIGN_ROWS = 1024
+# The dense system is formed from the overlapping pairs' blocks rather than
+# the design rows when that takes less than this share of the design rows'
+# multiply-adds (many small products run slower than one large one).
+BLOCKS_ADVANTAGE = 0.5
 # Least ridge of a polish with more unknowns than distinct rows (relative to
 # a matrix normalized by the total weight): round-off in the matrix then
 # moves the solution by ~1e-8 of its correction, and the data are still
@@ -127,19 +131,29 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
         return tree.log_gates(X, tree.finest)
 
     def block_overlaps(X):
-        overlaps = np.zeros((n_nodes, n_nodes), dtype=np.bool_)
-        _kernels.overlapping_pairs(block_log_gates(X), min_log_gate, overlaps)
-        return (overlaps,)
+        """Rows per overlapping pair, and the design route's multiply-adds."""
+        log_gate = block_log_gates(X)
+        counts = np.zeros((n_nodes, n_nodes), dtype=np.int64)
+        _kernels.overlapping_pairs(log_gate, min_log_gate, counts)
+        carrying = carrying_gate(log_gate, min_log_gate)
+        design = 0.0
+        for start in range(0, X.shape[0], DESIGN_ROWS):
+            run = carrying[start:start + DESIGN_ROWS]
+            design += run.shape[0] * (n_basis * np.count_nonzero(run.any(axis=0))) ** 2 / 2
+        return counts, np.array(design)
 
-    (overlaps,) = threads.sum(block_overlaps, X)  # booleans: the sum is a logical or
+    counts, design_cost = threads.sum(block_overlaps, X)
+    overlaps = counts > 0
     size = n_nodes * n_basis
     frame_change = None
     route = polish_route(overlaps, n_basis, None)
     if route == "design":
         frame_change = moment_frame_change(level.centers, level.scales, tree.basis.degree)
         route = polish_route(overlaps, n_basis, frame_change)
+    if route == "design" and counts.sum() * n_basis**2 < BLOCKS_ADVANTAGE * design_cost:
+        route = "blocks"
     system = {
-        "moments": _moment_system, "design": _design_system,
+        "moments": _moment_system, "design": _design_system, "blocks": _blocks_system,
         "sparse": _sparse_system, "iterative": _pair_blocks,
     }
     matrix, rhs = system[route](
@@ -149,7 +163,7 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
         total = threads.total(sample_weight)
     matrix /= total  # dense, the largest array of the fit: in place
     rhs = rhs.reshape(size, n_targets) / total
-    diagonal = matrix.diagonal().copy() if route in ("moments", "design") else None
+    diagonal = matrix.diagonal().copy() if route in ("moments", "design", "blocks") else None
     solutions = []
     for alpha in alphas:
         if not determined:
@@ -313,6 +327,23 @@ def _pair_blocks(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_cha
     diagonal = first == second
     blocks[diagonal] = mirror_upper(blocks[diagonal])  # kernel wrote upper halves
     return blocks, rhs
+
+
+def _blocks_system(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads):
+    """The dense system, from ``_pair_blocks``: where the nodes overlap
+    little, their pairs' rows cost far fewer products than the design rows'
+    (each run of rows then covers many nodes, in most of which each row has
+    no gate)."""
+    blocks, rhs = _pair_blocks(
+        X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads
+    )
+    n_nodes, n_basis = overlaps.shape[0], blocks.shape[1]
+    first, second = np.nonzero(overlaps)
+    matrix = np.zeros((n_nodes, n_basis, n_nodes, n_basis))
+    matrix[second, :, first, :] = np.swapaxes(blocks, 1, 2)
+    matrix[first, :, second, :] = blocks
+    size = n_nodes * n_basis
+    return matrix.reshape(size, size), rhs
 
 
 def _sparse_system(X, Y, sample_weight, block_log_gates, tree, overlaps, frame_change, threads):

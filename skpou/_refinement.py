@@ -48,11 +48,14 @@ SMOOTH_DECAY = 1.0
 # and a raised degree at most half as many unknowns in all as rows.
 ROWS_PER_UNKNOWN = 4.0
 MAX_DEGREE = 10
+# nor to a basis of more functions than this (each expert's M-step costs M^2
+# per row)
+MAX_BASIS = 120
 # A step improves when it lowers the held-out error by this fraction.
-MIN_IMPROVEMENT = 5e-2
+MIN_IMPROVEMENT = 0.1
 # V-cycles after a step span this many of the finest levels: the coarser
 # ones converged in earlier steps.
-CYCLE_DEPTH = 3
+CYCLE_DEPTH = 2
 
 
 @dataclass
@@ -156,6 +159,18 @@ def p_step(tree, data, settings):
     )
 
 
+def judged_error(tree, train, valid, threads, error=None):
+    """The held-out error a refinement step is judged by: as the fit will
+    finish the tree. With sharp gates, ``held_out_error`` (``error`` if
+    known); with smooth ones, after the polish (the least of its ridges'
+    errors and the unpolished one): EM's own blend of overlapping experts
+    is not the fit the polish makes of them, and stalls where the polished
+    fit still improves with the degree."""
+    if tree.gates.ridge < SHARP_RIDGE:
+        return held_out_error(tree, train, valid, threads) if error is None else error
+    return min(choose_polish_ridge(tree, train, valid, threads, True)[2])
+
+
 def held_out_error(tree, train, valid, threads):
     """``blended_error`` on the held-out rows, of the tree as the fit will
     finish it (``with_kinks_placed``)."""
@@ -168,39 +183,42 @@ def with_kinks_placed(tree, train, threads):
     end; the tree itself otherwise. Without that, held-out rows in the
     sample gaps around kinks would keep the error at a floor that hides an
     exact fit."""
-    if (train.X.shape[1] == 1 and getattr(tree.gates, "order", None) == 1
-            and tree.gates.ridge < SHARP_RIDGE and tree.finest > 0):
+    if _kinks_matter(tree, train):
         tree = tree.copy()
         place_boundaries_at_crossings(tree, train, threads)
     return tree
 
 
-def train_validated(tree, train, valid, n_cycles, patience, settings):
-    """Up to ``n_cycles`` V-cycles over the last CYCLE_DEPTH levels, each
-    judged on the held-out rows (with ``patience >= n_cycles``, all cycles
-    run and only the last state is judged); returns the best tree, its
-    held-out error and the EM objective after each cycle run."""
-    losses = []
+def _kinks_matter(tree, train):
+    return (train.X.shape[1] == 1 and getattr(tree.gates, "order", None) == 1
+            and tree.gates.ridge < SHARP_RIDGE and tree.finest > 0)
 
-    def cycle():
+
+def train_validated(tree, train, valid, n_cycles, patience, settings):
+    """Up to ``n_cycles`` V-cycles over the last CYCLE_DEPTH levels, judged
+    on the held-out rows; returns the best state, its held-out error and
+    the EM objective after each cycle run.
+
+    Training stops after ``patience`` cycles without improvement. Where the
+    judgement is costly (1-D sharp gates: kinks placed first) it is made
+    every JUDGE_EVERY cycles and after the last.
+    """
+    losses = []
+    n_cycles = n_cycles if tree.finest > 0 else 0
+    every = JUDGE_EVERY if _kinks_matter(tree, train) else 1
+    best, best_error = tree.copy(), held_out_error(tree, train, valid, settings.threads)
+    no_change = 0
+    for cycle in range(1, n_cycles + 1):
         _, log_lik = _multilevel.v_cycle(tree, train, tree.finest, settings,
                                          coarsest=tree.finest - CYCLE_DEPTH + 1)
         losses.append(-log_lik)
-
-    n_cycles = n_cycles if tree.finest > 0 else 0
-    if patience >= n_cycles:
-        for _ in range(n_cycles):
-            cycle()
-        return tree, held_out_error(tree, train, valid, settings.threads), losses
-    best, best_error = tree.copy(), held_out_error(tree, train, valid, settings.threads)
-    no_change = 0
-    for _ in range(n_cycles):
-        cycle()
+        if cycle % every and cycle < n_cycles:
+            continue
         error = held_out_error(tree, train, valid, settings.threads)
         if error < best_error * (1 - 1e-3):
             best, best_error, no_change = tree.copy(), error, 0
         else:
-            no_change += 1
+            no_change += every
             if no_change >= patience:
                 break
     return best, best_error, losses
@@ -210,9 +228,10 @@ def _cycles(tree, n_cycles):
     """V-cycles a step may take, and cycles without improvement before it
     stops: sharp gates need more to sharpen."""
     if tree.gates.ridge < SHARP_RIDGE:
-        # held-out rows in the sample gaps around kinks keep the error at a
-        # floor while EM moves boundaries towards them: no early stop
-        return max(n_cycles, SHARP_CYCLES), SHARP_CYCLES
+        # the held-out error can stall for some cycles while EM sharpens
+        # the gates and moves boundaries to kinks: more patience
+        cycles = max(n_cycles, SHARP_CYCLES)
+        return cycles, SHARP_PATIENCE
     return n_cycles, 1
 
 
@@ -229,7 +248,11 @@ def _step(kind, tree, error, losses, train, threads, t0):
 START_TREES = ((), (2,), (2, 2), (4, 2), (4, 4))
 # EM cycles that let sharp gates (gate_alpha below SHARP_RIDGE) sharpen.
 SHARP_CYCLES = 20
+SHARP_PATIENCE = 10
 SHARP_RIDGE = 1e-6
+# Held-out judgements that place kinks first (1-D, sharp gates) are made
+# every this many cycles.
+JUDGE_EVERY = 5
 
 
 def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_gates=None):
@@ -253,8 +276,8 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
         _multilevel.initialize(tree, train, shape, settings, random_state)
         tree, error, losses = train_validated(tree, train, valid, cycles,
                                               _cycles(tree, cycles)[1], settings)
-        # Judged polished: EM's own blend of smooth gates is not the fit the
-        # polish makes of them, and would favour sharp gates wrongly.
+        # Judged polished, sharp gates too (``judged_error``): EM's own blend
+        # of smooth gates would favour sharp gates wrongly.
         polished = min(choose_polish_ridge(
             with_kinks_placed(tree, train, settings.threads), train, valid,
             settings.threads, True,
@@ -278,14 +301,15 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
     another step).
     """
     threads = settings.threads
-    best_error = held_out_error(tree, train, valid, threads)
-    best, current = tree.copy(), tree
+    best_error = judged_error(tree, train, valid, threads)
+    best, current, current_error = tree.copy(), tree, best_error
     failures = 0
     while failures < patience:
         kinds = [kind for kind in _step_kinds(current, train, threads)
                  if not (fixed_degree and kind[0] == "p")]
         if not kinds:
             return best, path, False
+        sharp = current.gates.ridge < SHARP_RIDGE
         outcomes = []
         for kind, marked in kinds:
             t0 = time.perf_counter()
@@ -297,6 +321,7 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
             candidate, error, losses = train_validated(
                 candidate, train, valid, *_cycles(candidate, n_cycles), settings
             )
+            error = judged_error(candidate, train, valid, threads, error)
             step = _step(kind, candidate, error, losses, train, threads, t0)
             path.append(step)
             _multilevel.log(settings, f"{kind}-step: {step.n_partitions} partitions, "
@@ -304,15 +329,33 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
                                       f"{error:.3e}, {step.n_cycles} cycles, "
                                       f"{step.seconds:.2f}s")
             outcomes.append((error, candidate, step))
-            if error < best_error * (1 - MIN_IMPROVEMENT):
-                break  # the indicated kind improved: no need for the other
-        error, current, step = min(outcomes, key=lambda outcome: outcome[0])
+            if sharp and error < best_error * (1 - MIN_IMPROVEMENT):
+                break  # sharp gates: h-steps first, and this one improved
+        # Smooth gates: both kinds tried, and the one that reduces the
+        # held-out error most per added unknown (the larger convergence
+        # rate, as hp-FEM decides between h and p) is kept.
+        error, current, step = max(
+            outcomes, key=lambda outcome: _rate(current_error, current, *outcome[:2])
+        )
+        current_error = error
         if error < best_error * (1 - MIN_IMPROVEMENT):
             best, best_error, failures = current.copy(), error, 0
             step.kept = True
         else:
             failures += 1
     return best, path, True
+
+
+def _rate(error_before, before, error, after):
+    """log(error reduction) / log(unknowns growth) of a step (inf for a step
+    that adds no unknowns but lowers the error)."""
+    gain = np.log(max(error_before, 1e-300) / max(error, 1e-300))
+    growth = np.log(_unknowns(after) / _unknowns(before))
+    return gain / growth if growth > 0 else (np.inf if gain > 0 else -np.inf)
+
+
+def _unknowns(tree):
+    return int((~tree.gone()).sum()) * tree.basis.size
 
 
 def _step_kinds(tree, data, threads):
@@ -325,7 +368,7 @@ def _step_kinds(tree, data, threads):
     splittable = (rows >= 2 * ROWS_PER_UNKNOWN * n_basis) & ~tree.gone()
     raised = Basis(tree.basis.n_features, tree.basis.degree + 1).size
     can_raise = (
-        tree.basis.degree < MAX_DEGREE
+        tree.basis.degree < MAX_DEGREE and raised <= MAX_BASIS
         and (~tree.gone()).sum() * raised * ROWS_PER_UNKNOWN <= data.n_distinct
     )
     kinds = []

@@ -54,7 +54,7 @@ def test_blended_normal_equations_kernel_matches_numpy():
     np.testing.assert_array_equal(polish.carrying_gate(log_gate, min_log_gate), active)
 
 
-def test_design_route_matches_sparse_route():
+def test_design_blocks_and_sparse_routes_agree():
     """The design route forms each run of rows only for the nodes carrying
     gate in it; it must equal the block-sparse system."""
     rng = np.random.default_rng(4)
@@ -73,6 +73,11 @@ def test_design_route_matches_sparse_route():
     overlaps = np.triu(np.ones((n_nodes, n_nodes), dtype=bool))
     args = (X, Y, sw, log_gates, tree, overlaps, None, Threads())
     dense_matrix, dense_rhs = polish._design_system(*args)
+    blocks_matrix, blocks_rhs = polish._blocks_system(*args)
+    np.testing.assert_allclose(blocks_matrix, dense_matrix,
+                               atol=1e-12 * np.abs(dense_matrix).max())
+    np.testing.assert_allclose(blocks_rhs.reshape(dense_rhs.shape), dense_rhs,
+                               atol=1e-12 * np.abs(dense_rhs).max())
     sparse_matrix, sparse_rhs = polish._sparse_system(*args)
     np.testing.assert_allclose(dense_matrix, sparse_matrix.toarray(),
                                atol=1e-12 * np.abs(dense_matrix).max())
@@ -98,8 +103,11 @@ def test_moment_route_matches_design_route():
     tree = _tree(centers, scales, degree)
     tree.min_log_gate = -3.0  # some gates are dropped, and must be in both
     assert not polish.carrying_gate(log_gates(X), -3.0).all()
-    overlaps = np.zeros((n_nodes, n_nodes), dtype=bool)
-    kernels.overlapping_pairs(log_gates(X), -3.0, overlaps)
+    counts = np.zeros((n_nodes, n_nodes), dtype=np.int64)
+    kernels.overlapping_pairs(log_gates(X), -3.0, counts)
+    overlaps = counts > 0
+    active = polish.carrying_gate(log_gates(X), -3.0)
+    np.testing.assert_array_equal(np.triu(active.T.astype(int) @ active), counts)
     frame_change = legendre_frame_change(centers, scales, degree)
     args = (X, Y, sw, log_gates, tree, overlaps, frame_change, Threads())
     blas_matrix, blas_rhs = polish._design_system(*args)

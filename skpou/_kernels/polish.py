@@ -144,10 +144,11 @@ def carrying_gate(log_gate, min_log_gate, out):
 
 @kernel
 def overlapping_pairs(log_gate, min_log_gate, overlaps):
-    """Mark overlaps[k, k'] (k <= k') where both nodes carry gate on a row."""
+    """Add to overlaps[k, k'] (k <= k') the rows where both nodes carry gate
+    (booleans: mark them)."""
     active = np.empty(log_gate.shape[1], dtype=np.int64)
     for d in range(log_gate.shape[0]):
         n_active = active_nodes(log_gate[d], min_log_gate, True, active)
         for a in range(n_active):
             for b in range(a, n_active):
-                overlaps[active[a], active[b]] = True
+                overlaps[active[a], active[b]] += 1
