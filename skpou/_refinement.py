@@ -53,6 +53,7 @@ MAX_DEGREE = 10
 MAX_BASIS = 120
 # A step improves when it lowers the held-out error by this fraction.
 MIN_IMPROVEMENT = 0.1
+CLEAR_GAIN = 0.25
 # V-cycles after a step span this many of the finest levels: the coarser
 # ones converged in earlier steps.
 CYCLE_DEPTH = 2
@@ -303,13 +304,15 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
     threads = settings.threads
     best_error = judged_error(tree, train, valid, threads)
     best, current, current_error = tree.copy(), tree, best_error
-    failures = 0
+    failures, last_kind = 0, None
     while failures < patience:
         kinds = [kind for kind in _step_kinds(current, train, threads)
                  if not (fixed_degree and kind[0] == "p")]
         if not kinds:
             return best, path, False
         sharp = current.gates.ridge < SHARP_RIDGE
+        if not sharp and last_kind is not None and kinds[-1][0] == last_kind:
+            kinds.reverse()  # the kind that won the last round first
         outcomes = []
         for kind, marked in kinds:
             t0 = time.perf_counter()
@@ -331,13 +334,15 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
             outcomes.append((error, candidate, step))
             if sharp and error < best_error * (1 - MIN_IMPROVEMENT):
                 break  # sharp gates: h-steps first, and this one improved
+            if error < best_error * CLEAR_GAIN:
+                break  # a clear gain: the other kind is not tried
         # Smooth gates: both kinds tried, and the one that reduces the
         # held-out error most per added unknown (the larger convergence
         # rate, as hp-FEM decides between h and p) is kept.
         error, current, step = max(
             outcomes, key=lambda outcome: _rate(current_error, current, *outcome[:2])
         )
-        current_error = error
+        current_error, last_kind = error, step.kind
         if error < best_error * (1 - MIN_IMPROVEMENT):
             best, best_error, failures = current.copy(), error, 0
             step.kept = True
