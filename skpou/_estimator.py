@@ -66,19 +66,32 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    partitions : tuple of int, default=(4, 4)
-        Children per node at each level of the tree: ``(8,)`` is one level of
-        8 partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
+    partitions : "auto" or tuple of int, default="auto"
+        The tree. ``"auto"`` grows it to the resolution the data support
+        (adaptive hp-refinement, user guide "Adaptive resolution"): a start
+        tree (the root, or uniform splits up to ``(4, 4)``) is chosen on
+        held-out rows, then each step either splits the partitions holding
+        most of the error (h-refinement, Dörfler marking) or raises every
+        expert's degree (p-refinement, if ``degree="auto"``), whichever
+        lowers the held-out error more per added unknown; refinement stops
+        after ``n_iter_no_change`` steps that lower it by less than 10%, and
+        the best tree is kept. A tuple fixes the tree, as in the paper:
+        children per node at each level, ``(8,)`` one level of 8
+        partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
         in 2: 8 fine ones).
 
     degree : int or "auto", default="auto"
-        Total degree of every polynomial expert (0 = constant). ``"auto"``
-        takes the highest degree up to 4 whose basis has at most 56 functions
-        (4 in up to 3 dimensions, 3 in 4 and 5, 2 in 6 to 9, 1 above) and
-        no more functions than distinct samples with positive weight (fewer
-        cannot determine an expert); the fitted value is
-        ``degree_``. The basis size, C(n_features + degree, degree), sets the
-        cost: every partition solves a problem of that size.
+        Total degree of every polynomial expert (0 = constant). With
+        ``partitions="auto"``, ``"auto"`` starts at 2 (lower if the rows
+        cannot determine it) and p-refinement raises it, up to 10 and a
+        basis of 120 functions; an integer is kept throughout. With a fixed
+        tree, ``"auto"`` takes the highest degree up to 4 whose basis has at
+        most 56 functions (4 in up to 3 dimensions, 3 in 4 and 5, 2 in 6 to
+        9, 1 above). An explicit degree whose basis has more functions than
+        distinct samples with positive weight is lowered to one they
+        determine, with a UserWarning. The fitted value is ``degree_``. The
+        basis size, C(n_features + degree, degree), sets the cost: every
+        partition solves a problem of that size.
 
     gate : {"linear", "quadratic", "mlp"}, default="linear"
         Gate family at every tree node: softmax of affine or quadratic logits
@@ -93,8 +106,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         (the gate slopes measured in units of a child partition's width,
         weighted by the parent's share of the data, so the same value suits
         any depth and number of partitions). ``"auto"`` is 1e-2 for one or
-        two input features and 0.3 for more (1e-2 for ``gate="mlp"``); the
-        fitted value is ``gate_alpha_``. Both keep neighbours overlapping:
+        two input features and 0.3 for more (1e-2 for ``gate="mlp"``); with
+        ``partitions="auto"`` and a softmax gate, sharp gates (1e-20) are
+        also tried on the start tree and kept if the held-out error prefers
+        them (piecewise targets). The fitted value is ``gate_alpha_``. Both keep neighbours overlapping:
         smooth blends, the most accurate choice for smooth targets, and
         wider ones in higher dimensions, where partitions are wide. Tiny
         values (1e-20) let gates sharpen until transition zones hold almost
@@ -125,8 +140,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     n_cycles : int, default=5
         Maximum number of V-cycles of the multilevel EM (with
-        ``partitions="auto"``, of each refinement step; sharp gates take at
-        least 20, which they need to sharpen).
+        ``partitions="auto"``, of each refinement step, over its two finest
+        levels; sharp gates take at least 20, which they need to sharpen).
 
     tol : float, default=1e-4
         Stop when the relative change of the EM objective (the negative mean
@@ -139,6 +154,25 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         drawn without replacement (seeded by ``random_state``); the experts
         are then refitted, and polished, on all rows. ``None`` runs them on
         every row (their cost grows with the rows).
+
+    early_stopping : bool or "auto", default="auto"
+        Hold out ``validation_fraction`` of the distinct rows and judge the
+        fit on them: with ``partitions="auto"`` every refinement step, with
+        a fixed tree every V-cycle (stopping after ``n_iter_no_change``
+        cycles that lower the held-out error by less than 10%, keeping the
+        best). The held-out rows also choose the polish ridge and calibrate
+        ``predict(return_std=True)``; the experts are refitted on all rows at
+        the end. ``"auto"`` is True with ``partitions="auto"`` (which needs
+        it: without held-out rows the tree is the root alone), False with a
+        fixed tree (the paper's training, on every row).
+
+    validation_fraction : float in (0, 1), default=0.1
+        Share of the distinct rows held out by ``early_stopping`` (at most
+        ``em_subsample`` of them). Equal rows stay on one side.
+
+    n_iter_no_change : int, default=2
+        Refinement steps (or, with a fixed tree, V-cycles) without a 10%
+        lower held-out error before training stops.
 
     n_jobs : int, default=None
         Threads for assembling and solving the per-partition problems
@@ -153,12 +187,16 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         partition splitting is deterministic.
 
     verbose : int, default=0
-        Print the loss and time of each cycle.
+        Print progress, each line with the seconds since ``fit`` began: the
+        loss of each cycle, each refinement step with its held-out error,
+        the polish ridge chosen.
 
     warm_start : bool, default=False
-        Reuse the fitted gates (the partitions) on the next ``fit``. With a
-        new ``degree`` and ``n_cycles=0`` this refits the experts on frozen
-        partitions (p-refinement).
+        Reuse the fitted tree on the next ``fit`` with the same
+        ``partitions``, ``gate`` and number of features. With a fixed tree, a
+        new ``degree`` and ``n_cycles=0`` refit the experts on frozen
+        partitions (p-refinement by hand); with ``partitions="auto"`` the
+        refinement continues from the fitted tree (for more, or new, rows).
 
     Attributes
     ----------
@@ -172,17 +210,37 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Number of targets.
 
     n_iter_ : int
-        Number of V-cycles run.
+        Number of V-cycles run (over all refinement steps).
 
     converged_ : bool
-        Whether the loss settled within ``tol`` before ``n_cycles``.
+        Whether training ended on its own criterion: the loss settled within
+        ``tol`` (fixed tree), or held-out error stopped falling (early
+        stopping, refinement) rather than the rows running out.
 
     loss_curve_ : list of float
         EM objective of each cycle: the finest level's negative mean
         log-likelihood of the standardized training targets.
 
     partitions_ : tuple of int
-        The tree shape that was fitted.
+        Nodes per level of the fitted tree: the ``partitions`` tuple, or,
+        with ``"auto"``, the number of nodes of each level grown.
+
+    n_partitions_ : int
+        Finest-level partitions in use (pruned ones left out).
+
+    refinement_path_ : list of dict
+        With ``partitions="auto"``, one dict per step tried, in order: its
+        ``kind`` ("start", "h", "p" or "warm start"), ``n_partitions``,
+        ``degree``, ``validation_error`` and ``train_error`` (weighted mean
+        squared error of the standardized targets), ``n_cycles``,
+        ``seconds``, whether it was ``kept``, and its ``losses``. Empty for
+        a fixed tree.
+
+    validation_score_, train_score_ : ndarray of shape (n_steps,)
+        Held-out and training scores, 1 - the weighted mean squared error of
+        the standardized targets (close to R^2), after each refinement step
+        or, with a fixed tree and early stopping, each cycle; empty without
+        held-out rows.
 
     degree_ : int
         The degree used: ``degree``, or what ``"auto"`` chose.
@@ -208,9 +266,16 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     polished_ : bool
         Whether the finest experts were polished (see ``polish``).
 
+    polish_alpha_ : float or None
+        The polish ridge used: chosen from 1e-10 to 1e-4 on the held-out
+        rows (None where no polish beat the EM experts there), or ``alpha``
+        without held-out rows; None if ``polish=False``.
+
     noise_var_ : ndarray of shape (n_partitions, n_outputs)
         Noise variance of each finest-level expert, in standardized units,
-        refitted after training; it makes ``predict(return_std=True)``.
+        refitted after training; with the experts' coefficient covariances
+        and a scale calibrated on the held-out rows it makes
+        ``predict(return_std=True)``.
 
     Examples
     --------

@@ -501,6 +501,22 @@ def test_verbose_prints_progress(capsys, data_1d):
     assert len(cycle_lines) == model.n_iter_ == 3
     assert all("loss=" in line for line in cycle_lines)
     assert all("HierarchicalPOURegressor" in line for line in lines)
+    # every line carries the seconds since fit began, never decreasing,
+    # and the last says what was fitted
+    elapsed = [float(re.search(r"\]\s+(\d+\.\d+)s ", line).group(1)) for line in lines]
+    assert elapsed == sorted(elapsed)
+    assert lines[-1].endswith(f"done: {model.n_partitions_} partitions, degree {model.degree_}")
+
+
+def test_verbose_reports_each_refinement_step(capsys, data_1d):
+    X, y, _, _ = data_1d
+    model = HierarchicalPOURegressor(random_state=0, verbose=1).fit(X, y)
+    out = capsys.readouterr().out
+    steps = re.findall(r"([hp])-step: (\d+) partitions, degree (\d+)", out)
+    assert len(steps) == sum(step["kind"] != "start" for step in model.refinement_path_)
+    assert [kind for kind, _, _ in steps] == [
+        step["kind"] for step in model.refinement_path_ if step["kind"] != "start"
+    ]
 
 
 def test_not_verbose_prints_nothing(capsys, data_1d):
