@@ -7,21 +7,25 @@ The network is a probabilistic mixture of experts: partition :math:`k` has a
 gate :math:`\\pi_k(x)`, a polynomial mean :math:`\\mu_k(x)` and a noise
 variance :math:`\\sigma_k^2`. After training, each :math:`\\sigma_k^2` is
 estimated from the residuals of the prediction :math:`\\hat y`, weighted by
-the partition's gate,
+the partition's gate (and corrected for the expert's :math:`M` unknowns),
 
 .. math::
 
     \\sigma_k^2 = \\frac{\\sum_d \\pi_k(x_d) \\left(y_d - \\hat y(x_d)\\right)^2}
-                       {\\sum_d \\pi_k(x_d)},
+                       {\\sum_d \\pi_k(x_d) - M},
     \\qquad
-    \\operatorname{std}[y \\mid x] = \\sqrt{\\sum_k \\pi_k(x)\\, \\sigma_k^2},
+    \\operatorname{std}[y \\mid x] = \\sqrt{\\sum_k \\pi_k(x)
+    \\left(\\sigma_k^2 + \\phi_k(x)^\\top C_k\\, \\phi_k(x)\\right)},
 
-which ``predict(X, return_std=True)`` returns. (With the default
+which ``predict(X, return_std=True)`` returns, with :math:`C_k` the
+covariance of expert :math:`k`'s coefficients (Bayesian linear regression),
+and, where the fit held rows out (``early_stopping``, the default with
+``partitions="auto"``), a factor calibrated on them. (With the default
 ``polish=True`` the finest experts are fitted jointly, so their spread around
 the mean is not counted as uncertainty; with ``polish=False`` it is added.)
-The band follows noise that changes across the input space. It measures the
-noise in the data (aleatoric uncertainty), not the uncertainty of the fitted
-coefficients, so it does not widen away from the data.
+The band follows noise that changes across the input space. The noise term
+dominates where the data are plentiful; the coefficient term grows where an
+expert is poorly determined.
 
 Here the noise standard deviation grows from 0.02 at :math:`x = 0` to 0.4 at
 :math:`x = 1`.
