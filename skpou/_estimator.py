@@ -146,7 +146,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     tol : float, default=1e-4
         Stop when the relative change of the EM objective (the negative mean
         log-likelihood, relative to ``max(|loss|, 1)``) between two cycles falls
-        below ``tol``. ``tol=0`` runs all ``n_cycles``.
+        below ``tol``. ``tol=0`` runs all ``n_cycles``. Only for a fixed tree
+        without held-out rows (``early_stopping=False``); otherwise the
+        held-out error decides (``n_iter_no_change``).
 
     em_subsample : int or None, default=20_000
         The initialization, V-cycles and refinement, which place the
@@ -167,8 +169,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         fixed tree (the paper's training, on every row).
 
     validation_fraction : float in (0, 1), default=0.1
-        Share of the distinct rows held out by ``early_stopping`` (at most
-        ``em_subsample`` of them). Equal rows stay on one side.
+        Share of the distinct rows held out by ``early_stopping`` (beyond
+        ``em_subsample`` rows, ``validation_fraction * em_subsample`` of them).
+        Equal rows stay on one side.
 
     n_iter_no_change : int, default=2
         Refinement steps (or, with a fixed tree, V-cycles) without a 10%
@@ -183,8 +186,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         on BLAS's thread count either.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the ``"mlp"`` gate weights and the ``em_subsample`` draw; the
-        partition splitting is deterministic.
+        Seeds the ``"mlp"`` gate weights, the held-out rows of
+        ``early_stopping`` and the ``em_subsample`` draw; the partition
+        splitting is deterministic.
 
     verbose : int, default=0
         Print progress, each line with the seconds since ``fit`` began: the
@@ -231,8 +235,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     refinement_path_ : list of dict
         With ``partitions="auto"``, one dict per step tried, in order: its
         ``kind`` ("start", "h", "p" or "warm start"), ``n_partitions``,
-        ``degree``, ``validation_error`` and ``train_error`` (weighted mean
-        squared error of the standardized targets), ``n_cycles``,
+        ``degree``, ``validation_error`` (the held-out error the step was
+        judged by: after the polish the fit would make, except for sharp
+        gates past the start) and ``train_error`` (of the EM experts, not
+        polished), both weighted mean squared errors of the standardized
+        targets, ``n_cycles``,
         ``seconds``, whether it was ``kept``, and its ``losses``. Empty for
         a fixed tree.
 
@@ -716,11 +723,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
         return_std : bool, default=False
             Also return the predictive standard deviation of the mixture,
-            sqrt(sum_k pi_k (sigma_k^2 + (mu_k - mean)^2)), with sigma_k^2
-            the gate-weighted variance of the prediction's residuals in
-            partition k. After the polish (the default) the experts are
-            fitted jointly rather than as rival explanations, and the
-            spread term is left out.
+            sqrt(c sum_k pi_k (sigma_k^2 + phi_k^T C_k phi_k
+            + (mu_k - mean)^2)): sigma_k^2 the noise variance of partition
+            k (``noise_var_``), C_k its expert's coefficient covariance
+            (Bayesian linear regression, so the std grows where rows are
+            few), and c a factor that matches the variance to the squared
+            errors on the held-out rows (1 without them). After the polish
+            (the default) the experts are fitted jointly rather than as
+            rival explanations, and the spread term (mu_k - mean)^2 is
+            left out. User guide: "Uncertainty with return_std".
 
         Returns
         -------

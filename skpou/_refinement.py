@@ -1,28 +1,34 @@
 """Adaptive hp-refinement: the tree grows where held-out error says it helps.
 
-``partitions="auto"`` (doc/design.md section 7). The tree starts as one
-expert over the whole domain and grows a level at a time. Each step:
+``partitions="auto"`` (doc/design.md section 7; user guide "Adaptive
+resolution"). A start tree is chosen on held-out rows among the root alone
+and a few small uniform trees (``start``; with ``gate_alpha="auto"`` the
+largest also with sharp gates), then the tree grows a step at a time
+(``grow``). Each step:
 
 1. error indicators: each finest partition's share of the training error,
    the gate-weighted squared residuals of the blended mean;
 2. marking: the largest errors making up half of the total (Doerfler
    marking, as adaptive finite elements do);
-3. h or p: where the marked experts' Legendre coefficients decay fast
-   (a smooth target), a higher degree pays (p); where they decay slowly (a
-   kink or steep layer inside the partition), splitting pays (h). The
-   degree is one for the whole tree: a p-step raises it everywhere, an
-   h-step splits only the marked partitions (the others pass on to the new
-   level unchanged, so the tree becomes unbalanced);
-4. warm start: children inherit their parent's data through the split
-   gates; V-cycles over the last levels re-balance the tree; each cycle is
-   judged on the held-out rows and the best state is kept.
+3. the candidates: an h-step splits only the marked partitions (the others
+   pass on to the new level unchanged, so the tree becomes unbalanced); a
+   p-step raises the one degree of the whole tree. Each is warm-started
+   from the current tree and trained by V-cycles over the last levels,
+   each cycle judged on the held-out rows, the best state kept;
+4. the choice: with smooth gates the candidate that lowers the held-out
+   error (after the polish the fit will make) most per added unknown,
+   hp-FEM's convergence-rate test; the kind that won the last step is
+   tried first and a clear gain skips the other. The decay of the experts'
+   Legendre coefficients (hp-FEM's smoothness indicator) orders the first
+   try. With sharp gates (pieces), h-steps first.
 
-A step is kept if it lowers the held-out error; if not, the other kind of
-step is tried from the same state. Refinement stops after ``patience``
-steps without improvement, or when the training rows cannot determine
-more unknowns. Local model networks (LOLIMOT) grow by splitting the worst
-local model in the same greedy way; the h/p rule is hp-FEM's (Mavriplis
-1994; Houston and Suli 2005).
+Refinement continues from the chosen candidate and stops after
+``patience`` steps that do not improve on the best tree (``_improves``:
+by 10%, at a fair share of the asymptotic convergence rate), or when the
+training rows cannot determine more unknowns; the best tree is returned.
+Local model networks (LOLIMOT) grow by splitting the worst local model in
+the same greedy way; the h/p rule is hp-FEM's (Mavriplis 1994; Houston and
+Suli 2005).
 """
 
 import time
@@ -51,8 +57,15 @@ MAX_DEGREE = 10
 # nor to a basis of more functions than this (each expert's M-step costs M^2
 # per row)
 MAX_BASIS = 120
-# A step improves when it lowers the held-out error by this fraction.
+# A step improves when it lowers the held-out error by this fraction,
 MIN_IMPROVEMENT = 0.1
+# and at a convergence rate (``_rate``) of at least this share of the
+# asymptotic h-rate of its degree: a finer tree then still resolves the
+# target. Below it the error has reached a floor (round-off, the noise,
+# what the rows determine) that more, costlier steps only nibble at.
+MIN_RATE_SHARE = 0.25
+# A held-out error below this share of the best makes the other kind of
+# step not worth trying.
 CLEAR_GAIN = 0.25
 # V-cycles after a step span this many of the finest levels: the coarser
 # ones converged in earlier steps.
@@ -283,7 +296,7 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
             with_kinks_placed(tree, train, settings.threads), train, valid,
             settings.threads, True,
         )[2])
-        outcomes.append((polished, tree, _step("start", tree, error, losses, train,
+        outcomes.append((polished, tree, _step("start", tree, polished, losses, train,
                                                 settings.threads, t0)))
         _multilevel.log(settings, f"start {shape}, gate_alpha {family.ridge:g}: "
                                   f"validation error {error:.3e}, polished {polished:.3e}")
@@ -343,12 +356,28 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
             outcomes, key=lambda outcome: _rate(current_error, current, *outcome[:2])
         )
         current_error, last_kind = error, step.kind
-        if error < best_error * (1 - MIN_IMPROVEMENT):
+        if _improves(best_error, best, error, current):
             best, best_error, failures = current.copy(), error, 0
             step.kept = True
         else:
             failures += 1
     return best, path, True
+
+
+def _improves(best_error, best, error, tree):
+    """Whether ``tree`` (held-out ``error``) improves on the best tree: by
+    MIN_IMPROVEMENT, and, for h-refinement of a smooth target at the best
+    tree's degree, at a rate of at least MIN_RATE_SHARE of the asymptotic
+    one: with degree p in d dimensions the squared error falls as
+    h^(2 (p + 1)) and the unknowns grow as h^-d, rate 2 (p + 1) / d. (A
+    change of degree, or sharp gates placing boundaries between pieces,
+    converges otherwise.)"""
+    if error >= best_error * (1 - MIN_IMPROVEMENT):
+        return False
+    if tree.gates.ridge < SHARP_RIDGE or tree.basis.degree != best.basis.degree:
+        return True
+    asymptotic = 2 * (tree.basis.degree + 1) / tree.basis.n_features
+    return _rate(best_error, best, error, tree) >= MIN_RATE_SHARE * asymptotic
 
 
 def _rate(error_before, before, error, after):

@@ -8,7 +8,9 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skpou import HierarchicalPOURegressor
 from skpou._basis import total_degree_powers
-from skpou._refinement import legendre_decay, mark
+from skpou._basis import Basis
+from skpou._gates import make_gate
+from skpou._refinement import _improves, legendre_decay, mark
 
 
 def test_doerfler_marking_takes_the_fewest_largest_errors():
@@ -27,6 +29,31 @@ def test_legendre_decay_separates_smooth_from_kinked_experts():
                      for f in (np.exp, np.abs)])[:, :, None]
     smooth, kinked = legendre_decay(coef, powers)
     assert smooth > 1.0 > kinked
+
+
+def test_a_step_improves_only_at_a_fair_share_of_the_asymptotic_rate():
+    class Tree:  # what _improves reads: the basis and the nodes still in use
+        def __init__(self, n_nodes, degree, gate_alpha=1e-2):
+            self.basis = Basis(2, degree)
+            self.gates = make_gate("linear", (), gate_alpha)
+            self.n_nodes = n_nodes
+
+        def gone(self):
+            return np.zeros(self.n_nodes, dtype=bool)
+
+    before, after = Tree(20, 4), Tree(22, 4)
+    # degree 4 in 2-D: asymptotic rate 5, unknowns x1.1; the error must fall
+    # below 1.1 ** -(0.25 * 5) = 0.888 of the best
+    assert _improves(1.0, before, 0.85, after)
+    assert not _improves(1.0, before, 0.89, after)
+    # a 10% gain is not enough either way
+    assert not _improves(1.0, before, 0.95, Tree(20, 4))
+    # no added unknowns: any gain of 10% counts
+    assert _improves(1.0, before, 0.89, Tree(20, 4))
+    # other degrees, or sharp gates (pieces), are not held to h's rate
+    assert _improves(1.0, before, 0.89, Tree(22, 5))
+    sharp = Tree(20, 4, gate_alpha=1e-20), Tree(22, 4, gate_alpha=1e-20)
+    assert _improves(1.0, sharp[0], 0.89, sharp[1])
 
 
 def steep_layer(x):
