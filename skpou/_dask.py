@@ -288,12 +288,7 @@ def prepare_chunks(estimator, X, y, sample_weight, em_subsample, random_state):
     chunk), negative weights, mismatched lengths, no rows, or a zero total
     weight.
     """
-    _check_feature_names(estimator, _names_carrier(X), reset=True)
-    X = _as_dask_array(X, "X")
-    if X.ndim != 2:
-        raise ValueError(f"Expected a 2-D array X (n_samples, n_features); got {X.ndim}-D.")
-    _check_n_features(estimator, X, reset=True)
-    X = _known_row_chunks(X).rechunk({1: -1})
+    X = _known_row_chunks(_checked_inputs(estimator, X, reset=True)).rechunk({1: -1})
     y = _as_dask_array(y, "y", like=X)
     if y.ndim not in (1, 2):
         raise ValueError(f"Expected y of shape (n_samples,) or (n_samples, n_outputs); got {y.ndim}-D.")
@@ -516,6 +511,17 @@ def _rows_like(array, X, name):
 # -------------------------------------------------------------- predict
 
 
+def _checked_inputs(estimator, X, reset):
+    """X as a 2-D Dask array, its feature names and count checked against
+    (``reset``: recorded on) the estimator, as ``validate_data`` does."""
+    _check_feature_names(estimator, _names_carrier(X), reset=reset)
+    X = _as_dask_array(X, "X")
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2-D array X (n_samples, n_features); got {X.ndim}-D.")
+    _check_n_features(estimator, X, reset=reset)
+    return X
+
+
 def predict_chunks(estimator, X, return_std):
     """``estimator.predict`` of a Dask array or DataFrame, as lazy Dask
     arrays with X's chunks of rows (and ``return_std``'s std likewise).
@@ -524,12 +530,7 @@ def predict_chunks(estimator, X, return_std):
     Non-finite inputs raise ValueError when the chunk holding them is
     computed.
     """
-    _check_feature_names(estimator, _names_carrier(X), reset=False)
-    X = _as_dask_array(X, "X")
-    if X.ndim != 2:
-        raise ValueError(f"Expected a 2-D array X (n_samples, n_features); got {X.ndim}-D.")
-    _check_n_features(estimator, X, reset=False)
-    X = X.rechunk({1: -1})
+    X = _checked_inputs(estimator, X, reset=False).rechunk({1: -1})
     n_outputs = estimator.n_outputs_
     model = dask.delayed(estimator, pure=False)
     out = X.map_blocks(
