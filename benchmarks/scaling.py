@@ -36,6 +36,11 @@ PARTITIONS = {
 # bounded work: initialization plus 3 V-cycles.
 PARTITION_CYCLES = dict(n_cycles=3, tol=0.0)
 CYCLE_SCAN = (0, 1, 2, 3, 4, 6, 8, 12, 16, 20, 25, 30)
+# The large-data and out-of-core runs measure the data path (chunks,
+# reductions, memory) at one model size: the fixed tree that was the
+# default before partitions="auto", whose cost per row does not depend on
+# the tree a refinement grows.
+DATA_PATH_MODEL = dict(partitions=(4, 4), degree=4)
 
 
 def _probe(spec):
@@ -143,11 +148,13 @@ def run(report, quick, repeats, out_dir):
     if not quick:
         n_large = 10_000_000
         res = _probe(dict(problem="tanh_cos_exp_3d", n=n_large, n_test=cfg["n_test"],
-                          params=dict(n_jobs=2), repeats=1, tracemalloc=False))
+                          params=dict(DATA_PATH_MODEL, n_jobs=2), repeats=1,
+                          tracemalloc=False))
         reference = res["data_bytes"] + res["model_bytes"]
         ratio = (res["data_bytes"] + res["rss_peak_extra"]) / reference
         report.add(
-            f"Large data: {n_large:,} rows in 3-D (tanh_cos_exp_3d, defaults, n_jobs=2)",
+            f"Large data: {n_large:,} rows in 3-D (tanh_cos_exp_3d, fixed (4, 4) tree, "
+            "degree 4, n_jobs=2)",
             "One fit in a fresh subprocess; RSS as in the table above "
             "(tracemalloc is off: it would slow this fit several-fold).",
             (("n", "V-cycles", "fit time", "rel L2", "X + y", "model",
@@ -519,14 +526,15 @@ def run_out_of_core(report, quick, repeats, out_dir):
         results = {}
         for n in sizes:
             results[n] = _dask_probe(
-                dict(store=store, n=n, n_test=20_000, params={},
+                dict(store=store, n=n, n_test=20_000, params=DATA_PATH_MODEL,
                      n_workers=OUT_OF_CORE_WORKERS), cfg["timeout"])
             print(f"[scaling] out of core n={n:,}: {results[n]['seconds']:.1f} s, "
                   f"peak RSS {fmt_bytes(results[n]['rss_peak'])}", flush=True)
-    # the in-memory reference: the same problem and defaults, n_jobs=2
+    # the in-memory reference: the same problem and model, n_jobs=2
     baseline_n = cfg["baseline_n"]
     baseline = _probe(dict(problem="franke_2d", n=baseline_n, n_test=20_000,
-                           params=dict(n_jobs=2), repeats=1, tracemalloc=False))
+                           params=dict(DATA_PATH_MODEL, n_jobs=2), repeats=1,
+                           tracemalloc=False))
     baseline_per_row = baseline["times"][0] / baseline_n
 
     rows = []
@@ -537,7 +545,8 @@ def run_out_of_core(report, quick, repeats, out_dir):
                      fmt_err(res["error"]), fmt_bytes(res["rss_peak"]),
                      fmt_bytes(res["rss_high_water_sum"]), fmt_bytes(n * 24)))
     report.add(
-        "Out of core: a Zarr store fitted through a LocalCluster (Franke 2-D, defaults)",
+        "Out of core: a Zarr store fitted through a LocalCluster (Franke 2-D, fixed (4, 4) "
+        "tree, degree 4)",
         f"X (n, 2) and y (n,) float64 in an uncompressed Zarr store on disk, "
         f"chunks of {STORE_CHUNK_ROWS:,} rows (written in {store_seconds:.0f} s; the "
         f"smaller sizes are its first n rows), opened with `dask.array.from_zarr` and "
