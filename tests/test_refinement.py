@@ -91,6 +91,21 @@ def test_defaults_reproduce_a_piecewise_quadratic_exactly():
     assert model.gate_alpha_ < 1e-10  # the held-out rows chose sharp gates
 
 
+def test_defaults_reproduce_24_quadratic_pieces_exactly():
+    # (2 tri(x) - 1)^2 with a kink at every k / 24: 24 distinct pieces, more
+    # than the largest smooth start tree (16 partitions) has partitions
+    def wave(x):
+        return (2 * np.abs(np.mod(24 * x, 2.0) - 1.0) - 1.0) ** 2
+
+    X = np.random.default_rng(0).uniform(0, 1, (5000, 1))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, wave(X[:, 0]))
+    X_test = np.random.default_rng(1).uniform(0, 1, (2000, 1))
+    truth = wave(X_test[:, 0])
+    error = np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth)
+    assert error < 1e-8, error
+    assert 24 <= model.n_partitions_ <= 40
+
+
 def test_smooth_target_keeps_wide_blends_and_beats_a_fixed_default():
     rng = np.random.default_rng(0)
     X = rng.uniform(0, 1, (3000, 2))
