@@ -640,7 +640,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 sharp = make_gate(self.gate, self.gate_hidden_sizes, SHARP_GATE_ALPHA)
             tree, path = _refinement.start(
                 Basis(n_features, self.degree_), gates, train, valid, self.n_cycles,
-                settings, random_state, sharp,
+                settings, random_state, sharp, raise_root=self.degree == "auto",
             )
             self.gate_alpha_ = tree.gates.ridge
         tree, path, converged = _refinement.grow(

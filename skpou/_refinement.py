@@ -280,14 +280,16 @@ SHARP_RIDGE = 1e-6
 JUDGE_EVERY = 5
 
 
-def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_gates=None):
+def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_gates=None,
+          raise_root=False):
     """The best start for refinement: the root alone or a uniform tree.
 
     ``sharp_gates``: a second gate family to try on the largest of
     SHARP_START_TREES the rows determine (with SHARP_CYCLES cycles: EM
-    needs them to sharpen gates), for targets
-    whose pieces need sharp transitions. Returns the tree and its path of
-    steps; the tree's ``gates`` is the family that won.
+    needs them to sharpen gates), for targets whose pieces need sharp
+    transitions. ``raise_root``: also try the root at every higher degree
+    up to the highest the rows determine (``root_degree``). Returns the tree and its path of
+    steps; the tree's ``gates`` and ``basis`` are the ones that won.
     """
     outcomes = []
 
@@ -296,13 +298,17 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
                 if int(np.prod(shape)) * basis.size * 2 * ROWS_PER_UNKNOWN
                 <= train.n_distinct] or [()]
 
-    tries = [(shape, gates, n_cycles) for shape in determined(START_TREES)]
+    tries = [(shape, gates, n_cycles, basis) for shape in determined(START_TREES)]
     if sharp_gates is not None:  # both families with the cycles sharp gates need
-        tries[-1] = (tries[-1][0], gates, SHARP_CYCLES)
-        tries.append((determined(SHARP_START_TREES)[-1], sharp_gates, SHARP_CYCLES))
-    for shape, family, cycles in tries:
+        tries[-1] = (tries[-1][0], gates, SHARP_CYCLES, basis)
+        tries.append((determined(SHARP_START_TREES)[-1], sharp_gates, SHARP_CYCLES, basis))
+    if raise_root:  # one expert is cheap to fit: every degree up to the highest
+        tries[1:1] = [((), gates, n_cycles, Basis(basis.n_features, degree))
+                      for degree in range(basis.degree + 1,
+                                          root_degree(basis.n_features, train.n_distinct) + 1)]
+    for shape, family, cycles, start_basis in tries:
         t0 = time.perf_counter()
-        tree = PartitionTree(basis, family)
+        tree = PartitionTree(start_basis, family)
         _multilevel.initialize(tree, train, shape, settings, random_state)
         tree, error, losses = train_validated(tree, train, valid, cycles,
                                               _cycles(tree, cycles)[1], settings)
@@ -314,11 +320,29 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
         )[2])
         outcomes.append((polished, tree, _step("start", tree, polished, losses, train,
                                                 settings.threads, t0)))
-        _multilevel.log(settings, f"start {shape}, gate_alpha {family.ridge:g}: "
+        _multilevel.log(settings, f"start {shape}, degree {start_basis.degree}, "
+                                  f"gate_alpha {family.ridge:g}: "
                                   f"validation error {error:.3e}, polished {polished:.3e}")
     _, tree, step = min(outcomes, key=lambda outcome: outcome[0])
     step.kept = True
     return tree, [outcome[2] for outcome in outcomes]
+
+
+def root_degree(n_features, n_distinct):
+    """The highest degree of one expert that the rows determine, as a p-step
+    requires them (ROWS_PER_UNKNOWN per unknown, MAX_DEGREE, MAX_BASIS).
+
+    Small samples of a smooth target are often fitted best by one expert of
+    high degree, which refinement from a low-degree start cannot reach: its
+    first split leaves too few rows per unknown for p-steps (2-D, 100
+    noisy rows: one expert of degree 5 has 3-10x less error than the two
+    of degree 2-3 such a path stops at).
+    """
+    degree = 0
+    while (degree < MAX_DEGREE and Basis(n_features, degree + 1).size <= MAX_BASIS
+           and Basis(n_features, degree + 1).size * ROWS_PER_UNKNOWN <= n_distinct):
+        degree += 1
+    return degree
 
 
 def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,

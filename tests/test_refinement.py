@@ -10,7 +10,7 @@ from skpou import HierarchicalPOURegressor
 from skpou._basis import total_degree_powers
 from skpou._basis import Basis
 from skpou._gates import make_gate
-from skpou._refinement import _improves, legendre_decay, mark
+from skpou._refinement import _improves, legendre_decay, mark, root_degree
 
 
 def test_doerfler_marking_takes_the_fewest_largest_errors():
@@ -54,6 +54,27 @@ def test_a_step_improves_only_at_a_fair_share_of_the_asymptotic_rate():
     assert _improves(1.0, before, 0.89, Tree(22, 5))
     sharp = Tree(20, 4, gate_alpha=1e-20), Tree(22, 4, gate_alpha=1e-20)
     assert _improves(1.0, sharp[0], 0.89, sharp[1])
+
+
+def test_root_degree_is_what_the_rows_determine():
+    assert root_degree(2, 100) == 5  # 21 functions, 4 rows each
+    assert root_degree(1, 10**6) == 10  # MAX_DEGREE
+    assert root_degree(5, 10**6) == 3  # 56 functions; degree 4 has 126 > MAX_BASIS
+    assert root_degree(2, 3) == 0
+
+
+def test_small_samples_try_one_expert_of_every_determined_degree():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (100, 2))
+    y = np.sin(3 * X[:, 0]) * np.cos(2 * X[:, 1]) + 0.005 * rng.standard_normal(100)
+    model = HierarchicalPOURegressor(random_state=0).fit(X, y)
+    roots = [step["degree"] for step in model.refinement_path_
+             if step["kind"] == "start" and step["n_partitions"] == 1]
+    assert set(roots) == {2, 3, 4, 5}  # 21 functions of degree 5: 84 of ~90 rows
+    # degree 5 is what this sample supports (GPR: ~4e-3)
+    X_test = rng.uniform(0, 1, (2000, 2))
+    truth = np.sin(3 * X_test[:, 0]) * np.cos(2 * X_test[:, 1])
+    assert np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth) < 1e-2
 
 
 def steep_layer(x):
