@@ -266,10 +266,10 @@ def _step(kind, tree, error, losses, train, threads, t0):
 START_TREES = ((), (2,), (2, 2), (4, 2), (4, 4))
 # Sharp gates start from the largest of these the rows determine: a target
 # of pieces needs a partition per piece, and where a start has fewer, EM
-# cannot place the missing boundaries, nor greedy splits reliably find
-# them (a squared triangle wave of 24 pieces from 16 partitions: 1e-2;
-# from 32: exact). Smooth targets gain nothing from a finer start, which
-# leaves p-refinement fewer rows per unknown.
+# cannot place the missing boundaries, nor do greedy splits reliably find
+# them (a squared triangle wave of 24 pieces is reproduced from 32
+# partitions, not from 16). Smooth targets gain nothing from a finer
+# start, which leaves p-refinement fewer rows per unknown.
 SHARP_START_TREES = START_TREES + ((8, 4),)
 # EM cycles that let sharp gates (gate_alpha below SHARP_RIDGE) sharpen.
 SHARP_CYCLES = 20
@@ -334,9 +334,9 @@ def root_degree(n_features, n_distinct):
 
     Small samples of a smooth target are often fitted best by one expert of
     high degree, which refinement from a low-degree start cannot reach: its
-    first split leaves too few rows per unknown for p-steps (2-D, 100
-    noisy rows: one expert of degree 5 has 3-10x less error than the two
-    of degree 2-3 such a path stops at).
+    first split leaves too few rows per unknown for p-steps (a hundred
+    noisy rows of a smooth 2-D target: one expert of degree 5 beats the
+    two of degree 2 or 3 such a path stops at).
     """
     degree = 0
     while (degree < MAX_DEGREE and Basis(n_features, degree + 1).size <= MAX_BASIS
