@@ -57,6 +57,9 @@ MAX_DEGREE = 10
 # nor to a basis of more functions than this (each expert's M-step costs M^2
 # per row)
 MAX_BASIS = 120
+# One expert alone (the root tried at a higher degree by ``start``) may have
+# a basis this large: its M-step is one system, not one per partition.
+ROOT_MAX_BASIS = 500
 # A step improves when it lowers the held-out error by this fraction,
 MIN_IMPROVEMENT = 0.1
 # and at a convergence rate (``_rate``) of at least this share of the
@@ -330,7 +333,7 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
 
 def root_degree(n_features, n_distinct):
     """The highest degree of one expert that the rows determine, as a p-step
-    requires them (ROWS_PER_UNKNOWN per unknown, MAX_DEGREE, MAX_BASIS).
+    requires them (ROWS_PER_UNKNOWN per unknown, MAX_DEGREE, ROOT_MAX_BASIS).
 
     Small samples of a smooth target are often fitted best by one expert of
     high degree, which refinement from a low-degree start cannot reach: its
@@ -339,7 +342,7 @@ def root_degree(n_features, n_distinct):
     two of degree 2 or 3 such a path stops at).
     """
     degree = 0
-    while (degree < MAX_DEGREE and Basis(n_features, degree + 1).size <= MAX_BASIS
+    while (degree < MAX_DEGREE and Basis(n_features, degree + 1).size <= ROOT_MAX_BASIS
            and Basis(n_features, degree + 1).size * ROWS_PER_UNKNOWN <= n_distinct):
         degree += 1
     return degree

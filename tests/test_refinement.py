@@ -59,7 +59,8 @@ def test_a_step_improves_only_at_a_fair_share_of_the_asymptotic_rate():
 def test_root_degree_is_what_the_rows_determine():
     assert root_degree(2, 100) == 5  # 21 functions, 4 rows each
     assert root_degree(1, 10**6) == 10  # MAX_DEGREE
-    assert root_degree(5, 10**6) == 3  # 56 functions; degree 4 has 126 > MAX_BASIS
+    assert root_degree(5, 10**6) == 6  # 462 functions; degree 7 has 792 > ROOT_MAX_BASIS
+    assert root_degree(8, 900) == 3  # 165 functions; degree 4 has 495, > 900 / 4
     assert root_degree(2, 3) == 0
 
 
