@@ -6,23 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from conftest import FAST  # the fixtures data and fitted come from conftest too
 from skpou import HierarchicalPOURegressor
-
-FAST = dict(partitions=(2, 2), degree=2, n_cycles=5, random_state=0)
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.RandomState(0)
-    X = rng.uniform(0, 1, (60, 2))
-    y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2
-    return X, y
-
-
-@pytest.fixture(scope="module")
-def fitted(data):
-    X, y = data
-    return HierarchicalPOURegressor(**FAST).fit(X, y)
 
 
 # ------------------------------------------------------------ determinism

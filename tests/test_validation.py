@@ -10,24 +10,9 @@ from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
+from conftest import FAST  # the fixtures data and fitted come from conftest too
 from skpou import HierarchicalPOURegressor
 from skpou._basis import total_degree_powers
-
-FAST = dict(partitions=(2, 2), degree=2, n_cycles=5, random_state=0)
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.RandomState(0)
-    X = rng.uniform(0, 1, (60, 2))
-    y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2
-    return X, y
-
-
-@pytest.fixture(scope="module")
-def fitted(data):
-    X, y = data
-    return HierarchicalPOURegressor(**FAST).fit(X, y)
 
 
 def n_basis(n_features, degree):
