@@ -87,19 +87,6 @@ def _recipe(n_features, degree):
     return basis_recipe(total_degree_powers(n_features, degree))
 
 
-def design_matrix(basis, Z):
-    """The basis at points Z (n, d) of its frame ([-1, 1]^d), shape (n, M).
-
-    NumPy, for the few small designs outside the kernels (the split search
-    of ``skpou._multilevel.best_cut``).
-    """
-    legendre = _orthonormal_legendre(basis.degree, Z)  # (p + 1, n, d)
-    design = np.ones((Z.shape[0], basis.size))
-    for feature, powers in enumerate(basis.powers.T):
-        design *= legendre[powers, :, feature].T
-    return design
-
-
 def _orthonormal_legendre(degree, z):
     """sqrt(2a + 1) P_a(z) for a = 0..degree, shape (degree + 1, *z.shape)."""
     a = np.arange(degree + 1).reshape(-1, *([1] * np.ndim(z)))

@@ -630,25 +630,25 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 previous, train, settings,
                 coarsest=max(previous.finest - _refinement.CYCLE_DEPTH + 1, 0),
             )
-            tree = previous
-            path = [_refinement.Step(
-                "warm start", int((~tree.gone()).sum()), tree.basis.degree,
-                _refinement.judged_error(tree, train, valid, settings.threads),
+            step = _refinement.Step(
+                "warm start", int((~previous.gone()).sum()), previous.basis.degree,
+                _refinement.judged_error(previous, train, valid, settings.threads),
                 np.nan, 0, 0.0, True, [],
-            )]
+            )
+            starts, path = [(previous, step)], [step]
         else:
             sharp = None
             if self.gate_alpha == "auto" and self.gate != "mlp":
                 sharp = make_gate(self.gate, self.gate_hidden_sizes, SHARP_GATE_ALPHA)
-            tree, path = _refinement.start(
+            starts, path = _refinement.start(
                 Basis(n_features, self.degree_), gates, train, valid, self.n_cycles,
                 settings, random_state, sharp, raise_root=self.degree == "auto",
             )
-            self.gate_alpha_ = tree.gates.ridge
-        tree, path, converged = _refinement.grow(
-            tree, path, train, valid, self.n_cycles, self.n_iter_no_change, settings,
+        tree, path, converged = _refinement.grow_branches(
+            starts, path, train, valid, self.n_cycles, self.n_iter_no_change, settings,
             random_state, fixed_degree=self.degree != "auto",
         )
+        self.gate_alpha_ = tree.gates.ridge
         history = self._history
         for step in path:
             history.record(step.validation_error, step.train_error)

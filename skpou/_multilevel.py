@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._basis import design_matrix, frames_from_moments, local_frames, weighted_moments
+from ._basis import frames_from_moments, local_frames, weighted_moments
 from ._experts import (
     MIN_RESPONSIBILITY,
     block_normal_equations,
@@ -102,22 +102,18 @@ def initialize(tree, data, partitions, settings, random_state):
                       f"loss={-log_lik:.6e}")
 
 
-def add_level(tree, data, resp, n_children, settings, random_state, cut_at_best=False):
+def add_level(tree, data, resp, n_children, settings, random_state):
     """Split every finest node into its number of children (``n_children``:
     an int, or one per node; 1 passes the node on unchanged).
 
     ``resp`` (n_samples, K): the finest level's responsibilities, which the
     split divides among the children. The new gates are fitted to the split
-    and the children's experts to their gates. ``cut_at_best``: nodes split
-    in two are cut where two experts fit best (``best_cut``), not at the
-    median.
+    and the children's experts to their gates.
     """
     tree.add_level(n_children)
     level = tree.finest
     child_start = tree.levels[level].child_start
-    split, split_logits = split_along_axis(
-        data, resp, child_start, tree.basis, cut_at_best
-    )
+    split, split_logits = split_along_axis(data, resp, child_start, tree.basis.degree)
     tree.levels[level].gate_params = fit_level_split(
         tree.gates, data.X, data.capped_weight, split, split_logits, child_start,
         settings.threads, INIT_GATE_ITER, random_state,
@@ -304,7 +300,7 @@ def m_step_gates(tree, data, level, resp, settings):
     )
 
 
-def split_along_axis(data, resp, child_start, basis, cut_at_best=False):
+def split_along_axis(data, resp, child_start, degree):
     """Soft split of every node into its children's slabs along one axis.
 
     Parent p (a column of ``resp``) gets child_start[p + 1] - child_start[p]
@@ -312,9 +308,7 @@ def split_along_axis(data, resp, child_start, basis, cut_at_best=False):
     the direction of the target's least-squares gradient.
 
     Slab boundaries are weighted quantiles (inverted CDF, so integer weights
-    equal repeated rows) of the projection on that axis; with
-    ``cut_at_best`` a split in two is cut where two experts fit best
-    (``best_cut``). The returned labels
+    equal repeated rows) of the projection on that axis. The returned labels
     (n_samples, n_children in all) are the parents' responsibilities times a
     softmax whose logits are ordered in the projection t:
     logit_j = beta (j t - sum_{i<=j} q_i) changes winner at q_j. Those logits
@@ -335,7 +329,7 @@ def split_along_axis(data, resp, child_start, basis, cut_at_best=False):
             continue  # its children's logits stay zero
         mean = np.average(X[rows], axis=0, weights=weight[rows])
         axis = None
-        if basis.degree == 0:
+        if degree == 0:
             # Constant experts leave the whole trend to the partition: cut
             # along the direction in which the target changes most (the
             # least-squares gradient). Higher-degree experts absorb the
@@ -361,9 +355,6 @@ def split_along_axis(data, resp, child_start, basis, cut_at_best=False):
             t[rows], steps[1:] / n_children, weights=weight[rows],
             method="inverted_cdf",
         )
-        if cut_at_best and n_children == 2:
-            quantiles = best_cut(X[rows], data.Y[rows], weight[rows], resp[rows, p],
-                                 t[rows], basis, quantiles)
         centred_t = t[rows] - t[rows] @ weight[rows] / weight[rows].sum()
         spread = np.sqrt(np.average(centred_t**2, weights=weight[rows]))
         beta = 4.0 * n_children / spread if spread > 0 else 0.0
@@ -375,58 +366,6 @@ def split_along_axis(data, resp, child_start, basis, cut_at_best=False):
             child_log_gates(logits, np.zeros((X.shape[0], 1)), np.array([0, n_children]))
         )
     return labels, split_logits
-
-
-# Cuts tried by ``best_cut``: the weighted quantiles of these levels.
-CUT_LEVELS = np.arange(1, 32) / 32
-# Each side of a cut keeps this many rows (summed responsibilities) per
-# unknown of its expert.
-ROWS_PER_UNKNOWN_AT_CUT = 4.0
-
-
-def best_cut(X, Y, weight, resp, t, basis, default):
-    """Where along t (the split axis) to cut a node in two: the cut among
-    CUT_LEVELS quantiles that leaves the least weighted squared error to
-    two experts of ``basis``, one per side (segmented least squares, as
-    regression trees choose their splits). Sharp gates fit pieces: a cut at
-    the break between two pieces lets each child fit one exactly, where the
-    median would put the break inside a child.
-
-    ``weight``: the rows' weights times ``resp``, the node's
-    responsibilities (which count the rows for ROWS_PER_UNKNOWN_AT_CUT).
-    Returns the cut, shape (1,), or ``default`` if no cut leaves both sides
-    determined.
-    """
-    order = np.argsort(t, kind="stable")
-    t, X, Y, weight, resp = t[order], X[order], Y[order], weight[order], resp[order]
-    low, high = X.min(axis=0), X.max(axis=0)
-    Z = 2 * (X - low) / np.where(high > low, high - low, 1.0) - 1
-    design = design_matrix(basis, Z) * np.sqrt(weight)[:, None]
-    target = Y * np.sqrt(weight)[:, None]
-    edges = np.searchsorted(np.cumsum(weight), CUT_LEVELS * weight.sum())
-    bins = np.split(np.arange(t.size), edges)
-    # per bin: normal equations, right-hand sides, sum of squares; then
-    # each cut's two sides as prefix and suffix sums
-    grams = np.cumsum([design[b].T @ design[b] for b in bins], axis=0)
-    rhs = np.cumsum([design[b].T @ target[b] for b in bins], axis=0)
-    squares = np.cumsum([(target[b] ** 2).sum() for b in bins])
-    counts = np.cumsum([resp[b].sum() for b in bins])
-    needed = ROWS_PER_UNKNOWN_AT_CUT * basis.size
-    best, best_error = None, np.inf
-    for k in range(len(bins) - 1):
-        if min(counts[k], counts[-1] - counts[k]) < needed or edges[k] in (0, t.size):
-            continue
-        error = 0.0
-        for gram, right, square in ((grams[k], rhs[k], squares[k]),
-                                    (grams[-1] - grams[k], rhs[-1] - rhs[k],
-                                     squares[-1] - squares[k])):
-            coef = np.linalg.lstsq(gram, right, rcond=None)[0]
-            error += square - (coef * right).sum()
-        if error < best_error:
-            best, best_error = k, error
-    if best is None:
-        return default
-    return np.array([0.5 * (t[edges[best] - 1] + t[edges[best]])])
 
 
 # ------------------------------------------------------------ after EM

@@ -157,14 +157,10 @@ def mark(errors, eligible):
 
 
 def h_step(tree, data, marked, settings, random_state):
-    """Split each marked finest partition in two; the others pass on.
-
-    With sharp gates (a target of pieces) each is cut where two experts fit
-    best, at a break between pieces, rather than at its median."""
+    """Split each marked finest partition in two; the others pass on."""
     gates = np.exp(tree.log_gates(data.X, tree.finest))
     _multilevel.add_level(
-        tree, data, gates, np.where(marked, 2, 1), settings, random_state,
-        cut_at_best=tree.gates.ridge < SHARP_RIDGE,
+        tree, data, gates, np.where(marked, 2, 1), settings, random_state
     )
 
 
@@ -189,7 +185,17 @@ def judged_error(tree, train, valid, threads, error=None):
     fit still improves with the degree."""
     if tree.gates.ridge < SHARP_RIDGE:
         return held_out_error(tree, train, valid, threads) if error is None else error
-    return min(choose_polish_ridge(tree, train, valid, threads, True)[2])
+    return finished_error(tree, train, valid, threads)
+
+
+def finished_error(tree, train, valid, threads):
+    """The held-out error of the tree as the fit will finish it: kinks
+    placed (``with_kinks_placed``) and polished (the least of the polish
+    ridges' errors and the unpolished one). Start trees and branches of
+    either gate family are compared by it."""
+    return min(choose_polish_ridge(
+        with_kinks_placed(tree, train, threads), train, valid, threads, True
+    )[2])
 
 
 def held_out_error(tree, train, valid, threads):
@@ -267,12 +273,12 @@ def _step(kind, tree, error, losses, train, threads, t0):
 # is fitted no better by 2 or 3 partitions than by 1), so a few levels of
 # uniform splits are tried too, where the rows determine them.
 START_TREES = ((), (2,), (2, 2), (4, 2), (4, 4))
-# Sharp gates start from the largest of these the rows determine: a target
-# of pieces needs a partition per piece, and where a start has fewer, EM
-# cannot place the missing boundaries, nor do greedy splits reliably find
-# them (a squared triangle wave of 24 pieces is reproduced from 32
-# partitions, not from 16). Smooth targets gain nothing from a finer
-# start, which leaves p-refinement fewer rows per unknown.
+# Sharp gates are tried on the largest start tree the rows determine and
+# on the largest of these: a target of pieces needs a partition per piece,
+# and where a start has fewer, neither EM nor greedy splits reliably place
+# the missing boundaries (a squared triangle wave of 24 pieces is
+# reproduced from 32 partitions, not from 16). Smooth targets gain nothing
+# from a finer start, which leaves p-refinement fewer rows per unknown.
 SHARP_START_TREES = START_TREES + ((8, 4),)
 # EM cycles that let sharp gates (gate_alpha below SHARP_RIDGE) sharpen.
 SHARP_CYCLES = 20
@@ -287,12 +293,17 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
           raise_root=False):
     """The best start for refinement: the root alone or a uniform tree.
 
-    ``sharp_gates``: a second gate family to try on the largest of
-    SHARP_START_TREES the rows determine (with SHARP_CYCLES cycles: EM
-    needs them to sharpen gates), for targets whose pieces need sharp
-    transitions. ``raise_root``: also try the root at every higher degree
-    up to the highest the rows determine (``root_degree``). Returns the tree and its path of
-    steps; the tree's ``gates`` and ``basis`` are the ones that won.
+    ``sharp_gates``: a second gate family, for targets whose pieces need
+    sharp transitions, tried on the largest start tree and on the largest
+    of SHARP_START_TREES the rows determine (with SHARP_CYCLES cycles: EM
+    needs them to sharpen gates). ``raise_root``: also try the root at
+    every higher degree up to the highest the rows determine
+    (``root_degree``). Starts are compared by ``finished_error``.
+
+    Returns the starts to grow, best first, as (tree, its Step): the best
+    one, and where that is the finer sharp start also the best of the
+    others (``grow_branches``); and the path of every start tried. The
+    trees carry the ``gates`` and ``basis`` they were tried with.
     """
     outcomes = []
 
@@ -302,9 +313,13 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
                 <= train.n_distinct] or [()]
 
     tries = [(shape, gates, n_cycles, basis) for shape in determined(START_TREES)]
+    largest = tries[-1][0]
     if sharp_gates is not None:  # both families with the cycles sharp gates need
-        tries[-1] = (tries[-1][0], gates, SHARP_CYCLES, basis)
-        tries.append((determined(SHARP_START_TREES)[-1], sharp_gates, SHARP_CYCLES, basis))
+        tries[-1] = (largest, gates, SHARP_CYCLES, basis)
+        tries.append((largest, sharp_gates, SHARP_CYCLES, basis))
+        finer = determined(SHARP_START_TREES)[-1]
+        if finer != largest:
+            tries.append((finer, sharp_gates, SHARP_CYCLES, basis))
     if raise_root:  # one expert is cheap to fit: every degree up to the highest
         tries[1:1] = [((), gates, n_cycles, Basis(basis.n_features, degree))
                       for degree in range(basis.degree + 1,
@@ -315,20 +330,48 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
         _multilevel.initialize(tree, train, shape, settings, random_state)
         tree, error, losses = train_validated(tree, train, valid, cycles,
                                               _cycles(tree, cycles)[1], settings)
-        # Judged polished, sharp gates too (``judged_error``): EM's own blend
-        # of smooth gates would favour sharp gates wrongly.
-        polished = min(choose_polish_ridge(
-            with_kinks_placed(tree, train, settings.threads), train, valid,
-            settings.threads, True,
-        )[2])
+        # Judged polished, sharp gates too: EM's own blend of smooth gates
+        # would favour sharp gates wrongly.
+        polished = finished_error(tree, train, valid, settings.threads)
         outcomes.append((polished, tree, _step("start", tree, polished, losses, train,
                                                 settings.threads, t0)))
         _multilevel.log(settings, f"start {shape}, degree {start_basis.degree}, "
                                   f"gate_alpha {family.ridge:g}: "
                                   f"validation error {error:.3e}, polished {polished:.3e}")
-    _, tree, step = min(outcomes, key=lambda outcome: outcome[0])
-    step.kept = True
-    return tree, [outcome[2] for outcome in outcomes]
+    ranked = sorted(outcomes, key=lambda outcome: outcome[0])
+    starts = [ranked[0][1:]]
+    if starts[0][1].n_partitions > int(np.prod(largest)):
+        # The finer sharp start won; refinement may still reach further from
+        # the best of the others (a steep layer, which p-steps resolve
+        # better from fewer partitions): both are grown (``grow_branches``).
+        starts.append(next(outcome[1:] for outcome in ranked[1:]
+                           if outcome[2].n_partitions <= int(np.prod(largest))))
+    starts[0][1].kept = True
+    return starts, [outcome[2] for outcome in outcomes]
+
+
+def grow_branches(starts, path, train, valid, n_cycles, patience, settings, random_state,
+                  fixed_degree=False):
+    """``grow`` from each start (tree, its Step in ``path``); the grown tree
+    with the least held-out error as the fit will finish it (polished, kinks
+    placed), the path with every step tried (the losing branch's steps no
+    longer marked kept), and whether held-out error ended its growth."""
+    branches = []
+    for tree, step in starts:
+        first = len(path)
+        grown, path, converged = grow(tree, path, train, valid, n_cycles, patience,
+                                      settings, random_state, fixed_degree)
+        error = finished_error(grown, train, valid, settings.threads)
+        branches.append((error, grown, converged, [step] + path[first:]))
+        if len(starts) > 1:
+            _multilevel.log(settings, f"branch from {step.n_partitions} partitions: "
+                                      f"validation error {error:.3e}")
+    error, tree, converged, steps = min(branches, key=lambda branch: branch[0])
+    for branch in branches:
+        for step in branch[3]:
+            step.kept = step.kept and branch[3] is steps
+    steps[0].kept = True
+    return tree, path, converged
 
 
 def root_degree(n_features, n_distinct):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from numpy_reference import sibling_log_softmax
-from skpou._basis import Basis
 from skpou._data import TrainingData
 from skpou._experts import mirror_upper
 from skpou._gates import MLPGate, SoftmaxGate, child_log_gates, make_gate
@@ -18,7 +17,7 @@ def _split(n_features, n_children, seed=0):
     X = np.sort(rng.uniform(-1, 1, (2000, n_features)), axis=0)
     data = TrainingData(X, np.sin(3 * X.sum(axis=1, keepdims=True)), np.ones(2000))
     child_start = np.array([0, n_children])
-    labels, split_logits = split_along_axis(data, np.ones((2000, 1)), child_start, Basis(n_features, 2))
+    labels, split_logits = split_along_axis(data, np.ones((2000, 1)), child_start, 2)
     return data, labels, split_logits, child_start
 
 

@@ -72,7 +72,7 @@ def test_v_cycle_on_an_unbalanced_tree():
     tree.add_level([1, 3, 2])  # refine two of the three partitions
     level = tree.levels[2]
     split, split_logits = multilevel.split_along_axis(
-        data, np.exp(tree.log_gates(data.X, 1)), level.child_start, tree.basis
+        data, np.exp(tree.log_gates(data.X, 1)), level.child_start, tree.basis.degree
     )
     level.gate_params = tree.gates.fit_split(
         data.X, data.sample_weight, split, split_logits, level.child_start,
@@ -95,7 +95,7 @@ def test_split_gives_each_parent_its_own_number_of_slabs():
     X = rng.uniform(0, 1, (2000, 1))
     data, _, _ = prepare(X, X, np.ones(2000))
     resp = np.column_stack([data.X[:, 0] < 0, data.X[:, 0] >= 0]).astype(float)
-    labels, logits = multilevel.split_along_axis(data, resp, np.array([0, 2, 5]), Basis(1, 1))
+    labels, logits = multilevel.split_along_axis(data, resp, np.array([0, 2, 5]), 1)
     assert labels.shape == (2000, 5) and logits.shape == (5, 2)
     np.testing.assert_allclose(labels[:, :2].sum(axis=1), resp[:, 0], atol=1e-12)
     winners = np.argmax(labels, axis=1)
@@ -111,18 +111,3 @@ def test_noise_variances(relative_floor, floor):
     pooled = 12.0 / 4.0
     var = multilevel.noise_variances(squared, mass, relative_floor)
     np.testing.assert_allclose(var[:, 0], np.maximum([2.0, pooled, 10.0 / 3.0], floor))
-
-
-def test_best_cut_finds_the_break_between_two_pieces():
-    # y = x^2 left of 0.3, 1 - x right of it: two quadratics fit exactly only
-    # when cut at the break, which the median (0.5) is not
-    x = np.linspace(0, 1, 2001)
-    y = np.where(x < 0.3, x**2, 1 - x)[:, None]
-    ones = np.ones_like(x)
-    cut = multilevel.best_cut(x[:, None], y, ones, ones, x, Basis(1, 2), np.array([0.5]))
-    assert abs(cut[0] - 0.3) < 1 / 32
-    # too few rows for two determined experts: the default stands
-    few = slice(0, 2001, 200)
-    default = np.array([0.5])
-    assert multilevel.best_cut(x[few, None], y[few], ones[few], ones[few], x[few],
-                               Basis(1, 2), default) is default
