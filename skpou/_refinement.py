@@ -273,10 +273,10 @@ def _step(kind, tree, error, losses, train, threads, t0):
 # is fitted no better by 2 or 3 partitions than by 1), so a few levels of
 # uniform splits are tried too, where the rows determine them.
 START_TREES = ((), (2,), (2, 2), (4, 2), (4, 4))
-# Sharp gates are tried on the largest start tree the rows determine and
-# on the largest of these: a target of pieces needs a partition per piece,
-# and where a start has fewer, neither EM nor greedy splits reliably place
-# the missing boundaries (a squared triangle wave of 24 pieces is
+# Sharp gates are tried on the largest start tree the rows determine and,
+# where they win there, on the largest of these: a target of pieces needs
+# a partition per piece, and where a start has fewer, neither EM nor greedy
+# splits reliably place the missing boundaries (a squared triangle wave of 24 pieces is
 # reproduced from 32 partitions, not from 16). Smooth targets gain nothing
 # from a finer start, which leaves p-refinement fewer rows per unknown.
 SHARP_START_TREES = START_TREES + ((8, 4),)
@@ -294,19 +294,18 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
     """The best start for refinement: the root alone or a uniform tree.
 
     ``sharp_gates``: a second gate family, for targets whose pieces need
-    sharp transitions, tried on the largest start tree and on the largest
-    of SHARP_START_TREES the rows determine (with SHARP_CYCLES cycles: EM
-    needs them to sharpen gates). ``raise_root``: also try the root at
-    every higher degree up to the highest the rows determine
-    (``root_degree``). Starts are compared by ``finished_error``.
+    sharp transitions, tried on the largest start tree, and where it wins
+    there also on the largest of SHARP_START_TREES the rows determine
+    (with SHARP_CYCLES cycles: EM needs them to sharpen gates).
+    ``raise_root``: also try the root at every higher degree up to the
+    highest the rows determine (``root_degree``). Starts are compared by
+    ``finished_error``.
 
     Returns the starts to grow, best first, as (tree, its Step): the best
     one, and where that is the finer sharp start also the best of the
     others (``grow_branches``); and the path of every start tried. The
     trees carry the ``gates`` and ``basis`` they were tried with.
     """
-    outcomes = []
-
     def determined(shapes):
         return [shape for shape in shapes
                 if int(np.prod(shape)) * basis.size * 2 * ROWS_PER_UNKNOWN
@@ -317,14 +316,12 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
     if sharp_gates is not None:  # both families with the cycles sharp gates need
         tries[-1] = (largest, gates, SHARP_CYCLES, basis)
         tries.append((largest, sharp_gates, SHARP_CYCLES, basis))
-        finer = determined(SHARP_START_TREES)[-1]
-        if finer != largest:
-            tries.append((finer, sharp_gates, SHARP_CYCLES, basis))
     if raise_root:  # one expert is cheap to fit: every degree up to the highest
         tries[1:1] = [((), gates, n_cycles, Basis(basis.n_features, degree))
                       for degree in range(basis.degree + 1,
                                           root_degree(basis.n_features, train.n_distinct) + 1)]
-    for shape, family, cycles, start_basis in tries:
+
+    def outcome(shape, family, cycles, start_basis):
         t0 = time.perf_counter()
         tree = PartitionTree(start_basis, family)
         _multilevel.initialize(tree, train, shape, settings, random_state)
@@ -333,11 +330,19 @@ def start(basis, gates, train, valid, n_cycles, settings, random_state, sharp_ga
         # Judged polished, sharp gates too: EM's own blend of smooth gates
         # would favour sharp gates wrongly.
         polished = finished_error(tree, train, valid, settings.threads)
-        outcomes.append((polished, tree, _step("start", tree, polished, losses, train,
-                                                settings.threads, t0)))
         _multilevel.log(settings, f"start {shape}, degree {start_basis.degree}, "
                                   f"gate_alpha {family.ridge:g}: "
                                   f"validation error {error:.3e}, polished {polished:.3e}")
+        return polished, tree, _step("start", tree, polished, losses, train,
+                                     settings.threads, t0)
+
+    outcomes = [outcome(*args) for args in tries]
+    finer = determined(SHARP_START_TREES)[-1]
+    best = min(outcomes, key=lambda outcome: outcome[0])
+    if sharp_gates is not None and finer != largest and best[1].gates.ridge < SHARP_RIDGE:
+        # Sharp gates won at equal size: a target of pieces, which may need
+        # more partitions from the start
+        outcomes.append(outcome(finer, sharp_gates, SHARP_CYCLES, basis))
     ranked = sorted(outcomes, key=lambda outcome: outcome[0])
     starts = [ranked[0][1:]]
     if starts[0][1].n_partitions > int(np.prod(largest)):
