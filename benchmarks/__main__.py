@@ -10,6 +10,7 @@ targets of suites not run this time are carried over from their latest
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,7 +109,8 @@ def saved_targets(path):
     for line in lines[start + 4:]:  # title, blank, header, separator
         if not line.startswith("|"):
             break
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        # cells may hold escaped pipes (\|x\|): split on the others only
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
         rows.append(Target(*cells))
     return rows
 
