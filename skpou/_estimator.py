@@ -625,7 +625,6 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             # saw this fit's held-out rows, so they are refitted first.
             if self.gate_alpha != "auto":
                 previous.gates = gates
-            self.gate_alpha_ = previous.gates.ridge
             _multilevel.refit_experts_on_frozen_gates(
                 previous, train, settings,
                 coarsest=max(previous.finest - _refinement.CYCLE_DEPTH + 1, 0),

@@ -176,16 +176,16 @@ def p_step(tree, data, settings):
     )
 
 
-def judged_error(tree, train, valid, threads, error=None):
+def judged_error(tree, train, valid, threads, error=None, finished=None):
     """The held-out error a refinement step is judged by: as the fit will
     finish the tree. With sharp gates, ``held_out_error`` (``error`` if
-    known); with smooth ones, after the polish (the least of its ridges'
-    errors and the unpolished one): EM's own blend of overlapping experts
-    is not the fit the polish makes of them, and stalls where the polished
-    fit still improves with the degree."""
+    known); with smooth ones, ``finished_error`` (``finished`` if known):
+    EM's own blend of overlapping experts is not the fit the polish makes
+    of them, and stalls where the polished fit still improves with the
+    degree."""
     if tree.gates.ridge < SHARP_RIDGE:
         return held_out_error(tree, train, valid, threads) if error is None else error
-    return finished_error(tree, train, valid, threads)
+    return finished_error(tree, train, valid, threads) if finished is None else finished
 
 
 def finished_error(tree, train, valid, threads):
@@ -361,16 +361,20 @@ def grow_branches(starts, path, train, valid, n_cycles, patience, settings, rand
     with the least held-out error as the fit will finish it (polished, kinks
     placed), the path with every step tried (the losing branch's steps no
     longer marked kept), and whether held-out error ended its growth."""
+    if len(starts) == 1:
+        (tree, step), = starts
+        return grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
+                    fixed_degree, step.validation_error)
     branches = []
     for tree, step in starts:
         first = len(path)
         grown, path, converged = grow(tree, path, train, valid, n_cycles, patience,
-                                      settings, random_state, fixed_degree)
+                                      settings, random_state, fixed_degree,
+                                      step.validation_error)
         error = finished_error(grown, train, valid, settings.threads)
         branches.append((error, grown, converged, [step] + path[first:]))
-        if len(starts) > 1:
-            _multilevel.log(settings, f"branch from {step.n_partitions} partitions: "
-                                      f"validation error {error:.3e}")
+        _multilevel.log(settings, f"branch from {step.n_partitions} partitions: "
+                                  f"validation error {error:.3e}")
     error, tree, converged, steps = min(branches, key=lambda branch: branch[0])
     for branch in branches:
         for step in branch[3]:
@@ -397,16 +401,16 @@ def root_degree(n_features, n_distinct):
 
 
 def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
-         fixed_degree=False):
+         fixed_degree=False, finished=None):
     """Refine ``tree`` while held-out error falls (no p-steps if
-    ``fixed_degree``).
+    ``fixed_degree``); ``finished``: its ``finished_error``, if known.
 
     Returns the best tree, the path of steps (``Step``, ``path``'s first),
     and whether held-out error ended it (False: the rows could not determine
     another step).
     """
     threads = settings.threads
-    best_error = judged_error(tree, train, valid, threads)
+    best_error = judged_error(tree, train, valid, threads, finished=finished)
     best, current, current_error = tree.copy(), tree, best_error
     failures, last_kind = 0, None
     while failures < patience:
