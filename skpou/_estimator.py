@@ -277,8 +277,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     polish_alpha_ : float or None
         The polish ridge used: chosen from 1e-10 to 1e-4 on the held-out
-        rows (None where no polish beat the EM experts there), or ``alpha``
-        without held-out rows; None if ``polish=False``.
+        rows, or ``alpha`` without held-out rows; None if ``polish=False``.
 
     noise_var_ : ndarray of shape (n_partitions, n_outputs)
         Noise variance of each finest-level expert, in standardized units,
@@ -535,9 +534,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 polish_alpha, fitted, errors = _refinement.choose_polish_ridge(
                     tree, train, valid, threads, determined
                 )
-                _multilevel.log(settings, "polish ridge " + (
-                    "none" if polish_alpha is None else f"{polish_alpha:g}"
-                ) + ": held-out errors " + ", ".join(f"{e:.3e}" for e in errors))
+                _multilevel.log(settings, f"polish ridge {polish_alpha:g}: held-out errors "
+                                          "(unpolished first) "
+                                          + ", ".join(f"{e:.3e}" for e in errors))
             fitted = fitted.copy()
             _multilevel.refit_noise(fitted, train, threads)
             variance_scale = _multilevel.calibrate_variance(

@@ -191,8 +191,9 @@ def judged_error(tree, train, valid, threads, error=None, finished=None):
 def finished_error(tree, train, valid, threads):
     """The held-out error of the tree as the fit will finish it: kinks
     placed (``with_kinks_placed``) and polished (the least of the polish
-    ridges' errors and the unpolished one). Start trees and branches of
-    either gate family are compared by it."""
+    ridges' errors and the unpolished one: a ranking of trees, for which
+    the EM blend's error still counts, though the fit always polishes).
+    Start trees and branches of either gate family are compared by it."""
     return min(choose_polish_ridge(
         with_kinks_placed(tree, train, threads), train, valid, threads, True
     )[2])
@@ -524,9 +525,18 @@ POLISH_RIDGES = (1e-10, 1e-8, 1e-6, 1e-4)
 
 
 def choose_polish_ridge(tree, train, valid, threads, determined):
-    """The polish ridge with the least held-out error (None if no polish
-    beats the EM coefficients), the tree with the coefficients it gives, and
-    the held-out errors (unpolished first, then one per POLISH_RIDGES)."""
+    """The polish ridge with the least held-out error, the tree with the
+    coefficients it gives, and the held-out errors (unpolished first, for
+    the log, then one per POLISH_RIDGES).
+
+    Never no polish, even where the EM coefficients score better on the
+    held-out rows: EM fits each expert to its responsibilities, and a node
+    whose responsibilities emptied while its gate stayed wide (a sliver
+    along a kink, say) keeps an expert fitted to almost nothing that the
+    gate still blends into predictions. Held-out rows rarely fall in such a
+    sliver; the polish fits every expert where its gate is, on all rows
+    (on abs_sum_2d over 24 held-out draws, the worst test error fell from
+    1.2e-2 to 1.4e-3 and the median stayed 2.3e-4)."""
     errors = [blended_error(tree, valid, threads)]
     candidates = polish_candidates(
         train.X, train.Y, train.sample_weight, tree, POLISH_RIDGES, threads, determined,
@@ -536,8 +546,6 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
     for coef in candidates:
         polished.levels[-1].coef = coef
         errors.append(blended_error(polished, valid, threads))
-    best = int(np.argmin(errors))
-    if best == 0:
-        return None, tree, errors
+    best = 1 + int(np.argmin(errors[1:]))
     polished.levels[-1].coef = candidates[best - 1]
     return POLISH_RIDGES[best - 1], polished, errors
