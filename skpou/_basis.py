@@ -87,6 +87,15 @@ def _recipe(n_features, degree):
     return basis_recipe(total_degree_powers(n_features, degree))
 
 
+def basis_values(X, basis):
+    """The basis functions at rows X in the unit box's frame, shape (n, M)."""
+    legendre = _orthonormal_legendre(basis.degree, X.T)  # (degree + 1, d, n)
+    values = np.ones((X.shape[0], basis.size))
+    for feature, row in enumerate(basis.powers.T):
+        values *= legendre[row, feature].T
+    return values
+
+
 def _orthonormal_legendre(degree, z):
     """sqrt(2a + 1) P_a(z) for a = 0..degree, shape (degree + 1, *z.shape)."""
     a = np.arange(degree + 1).reshape(-1, *([1] * np.ndim(z)))
