@@ -84,8 +84,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Total degree of every polynomial expert (0 = constant). With
         ``partitions="auto"``, ``"auto"`` starts at 2 (lower if the rows
         cannot determine it) and p-refinement raises it, up to 10 and a
-        basis of 120 functions; the root alone is also tried at every degree
-        the rows determine (up to 500 functions), and refinement may start
+        basis of 120 functions; the root alone is also tried at the degree
+        of least leave-one-out error on the training rows (at least 1.5
+        rows per unknown, up to 500 functions), and refinement may start
         from it. An integer is kept throughout. With a fixed
         tree, ``"auto"`` takes the highest degree up to 4 whose basis has at
         most 56 functions (4 in up to 3 dimensions, 3 in 4 and 5, 2 in 6 to
