@@ -28,6 +28,13 @@ def rel_l2(pred, y):
 REPEAT_BUDGET = 60.0
 
 
+def ratio(a, b):
+    """a / b, NaN where either is not finite or b is 0 (a failed measurement)."""
+    if not (np.isfinite(a) and np.isfinite(b)) or b == 0:
+        return float("nan")
+    return a / b
+
+
 class Timing(float):
     """Median wall-clock seconds, with the median CPU seconds as ``.cpu``.
 

@@ -44,6 +44,7 @@ from skpou import HierarchicalPOURegressor
 
 from . import problems as P
 from ._common import (
+    ratio,
     ROOT,
     Timing,
     describe_hpou,
@@ -209,12 +210,6 @@ def pruned_count(model):
     """Finest partitions that are switched off (pruned themselves or via an ancestor)."""
     tree = getattr(model, "tree_", None)
     return 0 if tree is None else int(tree.gone().sum())
-
-
-def ratio(a, b):
-    if not (np.isfinite(a) and np.isfinite(b)) or b == 0:
-        return float("nan")
-    return a / b
 
 
 def fmt_ratio(value):
@@ -766,8 +761,9 @@ def em_stability(report, cfg, repeats):
         f"The same data; default fits `HierarchicalPOURegressor(random_state=s)` for "
         f"s = {SPLIT_SEEDS[0]}..{SPLIT_SEEDS[-1]}: `random_state` draws the held-out "
         "rows (and the initial splits), so this is the spread a user meets fitting "
-        f"with `random_state=None`. Median {fmt_err(np.median(spread))}, worst "
-        f"{fmt_err(spread.max())} ({fmt_ratio(spread.max() / np.median(spread))}x the "
+        f"with `random_state=None`. Median {fmt_err(np.nanmedian(spread))}, worst "
+        f"{fmt_err(np.nanmax(spread))} "
+        f"({fmt_ratio(ratio(np.nanmax(spread), np.nanmedian(spread)))}x the "
         "median). No target; context for the table above.",
         (("random_state", "rel L2 error", "default model", "fit time"), rows),
     )

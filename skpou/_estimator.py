@@ -84,10 +84,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         Total degree of every polynomial expert (0 = constant). With
         ``partitions="auto"``, ``"auto"`` starts at 2 (lower if the rows
         cannot determine it) and p-refinement raises it, up to 10 and a
-        basis of 120 functions; the root alone is also tried at the degree
-        of least leave-one-out error on the training rows (at least 1.5
-        rows per unknown, up to 500 functions), and refinement may start
-        from it. An integer is kept throughout. With a fixed
+        basis of 120 functions; the root alone is tried at its own degree,
+        that of least leave-one-out error on the training rows (at least
+        1.5 rows per unknown, up to 500 functions), and refinement may
+        start from it. An integer is kept throughout. With a fixed
         tree, ``"auto"`` takes the highest degree up to 4 whose basis has at
         most 56 functions (4 in up to 3 dimensions, 3 in 4 and 5, 2 in 6 to
         9, 1 above). An explicit degree whose basis has more functions than
@@ -641,7 +641,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 sharp = make_gate(self.gate, self.gate_hidden_sizes, SHARP_GATE_ALPHA)
             starts, path = _refinement.start(
                 Basis(n_features, self.degree_), gates, train, valid, self.n_cycles,
-                settings, random_state, sharp, raise_root=self.degree == "auto",
+                settings, random_state, sharp, loo_root=self.degree == "auto",
             )
         tree, path, converged = _refinement.grow_branches(
             starts, path, train, valid, self.n_cycles, self.n_iter_no_change, settings,
