@@ -657,8 +657,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if not converged:
             warnings.warn(
                 "Refinement stopped at what the training rows can determine "
-                f"({train.n_distinct} distinct rows) while the held-out error was "
-                "still falling: more rows would support a finer model.",
+                f"({train.n_distinct} distinct rows), not because the held-out "
+                "error stopped falling: more rows could support a finer model.",
                 ConvergenceWarning,
             )
         return tree

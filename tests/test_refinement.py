@@ -231,7 +231,7 @@ def test_an_expert_its_gate_outgrew_is_polished_not_kept(random_state):
 def test_a_fit_limited_by_its_rows_says_so():
     rng = np.random.default_rng(3)
     X = rng.uniform(0, 1, (300, 2))
-    with pytest.warns(ConvergenceWarning, match="more rows would support"):
+    with pytest.warns(ConvergenceWarning, match="more rows could support"):
         model = HierarchicalPOURegressor(random_state=0).fit(X, np.sin(5 * X[:, 0]))
     assert not model.converged_
 
