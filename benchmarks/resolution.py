@@ -106,6 +106,10 @@ WARM_PROBLEM, WARM_FITS = "sine_cosine_fast_2d", 8
 EM_LONG = dict(n_cycles=50, tol=0.0, random_state=0)
 # held-out draws (random_state) of the default fit, for the spread table
 SPLIT_SEEDS = tuple(range(10))
+# Experiments 3 and 4 report the default's median over these held-out draws
+# (random_state): with random_state=None one unseeded draw per case made
+# two runs of one commit differ by up to 2x on small noisy samples.
+DRAWS = (0, 1, 2)
 
 
 # ------------------------------------------------------------------ helpers
@@ -547,13 +551,21 @@ def noisy(report, cfg, repeats, quick):
             for n in cfg["noisy_sizes"]:
                 X, f = prob.sample(n, seed=0)
                 y = f + sd * np.random.default_rng([2, level_index, n]).standard_normal(n)
-                ours = fit_default(X, y, repeats)
-                e_ours = predict_error(ours, Xt, ft)
-                cover, mean_std = float("nan"), float("nan")
-                if ours.ok and np.isfinite(e_ours):
-                    mean, std = ours.model.predict(Xt, return_std=True)
-                    cover = float(np.mean(np.abs(yt - mean) <= 2 * std))
-                    mean_std = float(np.mean(std))
+                draws = [run_fit(lambda: HierarchicalPOURegressor(random_state=s).fit(X, y),
+                                 repeats if s == DRAWS[0] else 1, record=True)
+                         for s in DRAWS]
+                ours = draws[0]
+                errors, covers_n, stds = [], [], []
+                for out in draws:
+                    errors.append(predict_error(out, Xt, ft))
+                    covers_n.append(float("nan"))
+                    stds.append(float("nan"))
+                    if out.ok and np.isfinite(errors[-1]):
+                        mean, std = out.model.predict(Xt, return_std=True)
+                        covers_n[-1] = float(np.mean(np.abs(yt - mean) <= 2 * std))
+                        stds[-1] = float(np.mean(std))
+                e_ours = float(np.median(errors))
+                cover, mean_std = float(np.median(covers_n)), float(np.median(stds))
                 res = {}
                 for method in ("GPR", "HGB", "MLP"):
                     factory, rows = peers[method]
@@ -575,10 +587,13 @@ def noisy(report, cfg, repeats, quick):
                 covers.append((n, cover))
                 case = [name, f"{level:.0%}", fmt_n(n)]
                 err_rows.append(case + [fmt_err(e_ours),
+                                        f"{fmt_err(np.nanmin(errors))} - {fmt_err(np.nanmax(errors))}",
                                         err_cell(e_gpr, peer_note("GPR", g_out, n)),
                                         fmt_ratio(r_gpr), fmt_err(res["HGB"][1]),
                                         fmt_err(res["MLP"][1]), "yes" if ok_acc else "no"])
-                unc_rows.append(case + [f"{cover:.3f}", fmt_ratio(ratio(mean_std, sd)),
+                unc_rows.append(case + [f"{cover:.3f}",
+                                        f"{np.nanmin(covers_n):.3f} - {np.nanmax(covers_n):.3f}",
+                                        fmt_ratio(ratio(mean_std, sd)),
                                         f"{g_cover:.3f}", fmt_ratio(ratio(g_std, sd))])
                 time_rows.append(case + [fmt_wall_cpu(ours.seconds)]
                                  + [fmt_wall_cpu(res[m][0].seconds) for m in ("GPR", "HGB", "MLP")])
@@ -609,25 +624,30 @@ def noisy(report, cfg, repeats, quick):
     report.add(
         "3. Noisy data: error against the noise-free truth",
         common + descr + ". Relative L2 error of the prediction against the "
-        f"noise-free test values. GPR on at most {cfg['gpr_rows']} rows, from "
+        f"noise-free test values. HPOU default: the median over {len(DRAWS)} fits "
+        f"with random_state in {DRAWS} (the held-out rows and initial splits "
+        "they draw), and the range. "
+        f"GPR on at most {cfg['gpr_rows']} rows, from "
         "two starts (see above). 'meets' = the accuracy target at this n "
         "(<= 1.5x GPR's error, GPR not degenerate, below HGB's and MLP's).",
-        (("problem", "noise", "n", "HPOU default", "GPR", "default / GPR", "HGB", "MLP",
-          "meets"), err_rows),
+        (("problem", "noise", "n", "HPOU default", "draws' range", "GPR", "default / GPR",
+          "HGB", "MLP", "meets"), err_rows),
     )
     report.add(
         "3. Noisy data: predictive std",
         "Coverage: fraction of held-out noisy targets with |y - mean| <= 2 std "
         "(`predict(X, return_std=True)`; for a Gaussian, 0.954). Mean std / sd: "
         "the mean predictive std over the test points divided by the true noise "
-        "sd. GPR's std (noise included) for context. Target: default coverage in "
-        "[0.90, 0.98].",
-        (("problem", "noise", "n", "default coverage", "default mean std / sd",
+        "sd. The default's: medians over the draws, and the coverage's range. "
+        "GPR's std (noise included) for context. Target: default coverage in "
+        "[0.90, 0.98] (the median).",
+        (("problem", "noise", "n", "default coverage", "draws' range",
+          "default mean std / sd",
           "GPR coverage", "GPR mean std / sd"), unc_rows),
     )
-    report.add("3. Noisy data: fit time", "",
+    report.add("3. Noisy data: fit time", "HPOU default: the first draw's fit.",
                (("problem", "noise", "n", "HPOU default", "GPR", "HGB", "MLP"), time_rows))
-    report.add("3. Noisy data: what the default fitted", "",
+    report.add("3. Noisy data: what the default fitted", "The first draw's fit.",
                (("problem", "noise", "n", "default model"), cfg_rows))
 
 
@@ -639,7 +659,8 @@ def diabetes(report, repeats):
     folds = list(KFold(n_splits=5, shuffle=True, random_state=0).split(X))
     hgb = peer_table(X.shape[1], dict(krr_rows=None, gpr_rows=None))["HGB"][0]
     methods = {
-        "HPOU default": lambda: HierarchicalPOURegressor(),
+        **{f"HPOU default, random_state={s}": (lambda s=s: HierarchicalPOURegressor(random_state=s))
+           for s in DRAWS},
         "RidgeCV": lambda: _scaled(RidgeCV(alphas=np.logspace(-3, 3, 13))),
         "KRR": lambda: _scaled(GridSearchCV(
             KernelRidge(kernel="rbf"),
@@ -653,7 +674,7 @@ def diabetes(report, repeats):
     for k, (train, test) in enumerate(folds):
         for m, make in methods.items():
             out = run_fit(lambda: make().fit(X[train], y[train]), repeats,
-                          record=m == "HPOU default")
+                          record=m.startswith("HPOU"))
             if out.ok:
                 pred = out.model.predict(X[test])
                 score = r2_score(y[test], pred) if np.all(np.isfinite(pred)) else float("nan")
@@ -661,7 +682,7 @@ def diabetes(report, repeats):
                 score = float("nan")
             scores[m].append(score)
             seconds[m].append(out.seconds)
-            if m == "HPOU default":
+            if m == f"HPOU default, random_state={DRAWS[0]}":
                 notes.append(f"fold {k + 1}: {describe_fitted(out)}")
     rows = []
     for m in methods:
@@ -676,11 +697,14 @@ def diabetes(report, repeats):
         "alpha in {0.01, 0.1, 1, 10} and gamma in {1e-3, 1e-2, 0.1} chosen by "
         "an inner 5-fold grid search; HGB as in the peers suite; each in "
         "StandardScaler on X and y. Fit time: mean over the folds (wall time "
-        "of one fit). Target: the default's mean R^2 at least RidgeCV's.\n\n"
-        "What the default fitted: " + "; ".join(notes),
+        "of one fit). The default is fitted with three held-out draws "
+        f"(random_state in {DRAWS}). Target: the default's mean R^2, averaged over "
+        "the draws, at least RidgeCV's.\n\n"
+        f"What the default fitted (random_state={DRAWS[0]}): " + "; ".join(notes),
         (("method", *[f"fold {k + 1}" for k in range(5)], "mean R^2", "fit time"), rows),
     )
-    ours, ridge = np.mean(scores["HPOU default"]), np.mean(scores["RidgeCV"])
+    ours = np.mean([np.mean(scores[m]) for m in methods if m.startswith("HPOU")])
+    ridge = np.mean(scores["RidgeCV"])
     report.target("4. load_diabetes, 5-fold CV", "default mean R^2 >= RidgeCV's",
                   f"{ours:.3f} vs {ridge:.3f}", bool(np.isfinite(ours) and ours >= ridge))
 
