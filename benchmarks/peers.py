@@ -314,12 +314,8 @@ def _run(report, quick, repeats, out_dir):
         else:
             report.target(f"best config vs best peer, {name}, n={fmt_n(n_big)}",
                           "error >= 10x below the best peer", measured, ratio >= 10)
+    # the 1e6-row default fit's target is the scaling suite's
     default_targets(report, cfg, results)
-    if not quick:
-        million_row_default_fit(report, cfg)
-    else:
-        report.target("1e6-row 2-D default fit (franke_2d)", "< 60 s",
-                      "not run in quick mode", None)
     return results
 
 
@@ -356,27 +352,3 @@ def default_targets(report, cfg, results):
                 f"{gain:.3g}x lower", gain >= 5,
             )
 
-
-MILLION_ROWS = 1_000_000
-
-
-def million_row_default_fit(report, cfg):
-    """One default fit of Franke's function on 1e6 rows (issue 15: under 60 s)."""
-    prob = P.PROBLEMS["franke_2d"]
-    X, y = prob.sample(MILLION_ROWS, seed=0)
-    Xt, yt = prob.sample(cfg["n_test"], seed=1)
-    sec, model = timed(lambda: HierarchicalPOURegressor(random_state=0).fit(X, y), 1)
-    error = rel_l2(model.predict(Xt), yt)
-    detail = (f"{fmt_wall_cpu(sec)}, rel L2 {fmt_err(error)}: {model.n_partitions_} "
-              f"partitions of degree {model.degree_}")
-    print(f"[peers] default fit, franke_2d, n={MILLION_ROWS:,}: {detail}", flush=True)
-    report.add(
-        "Default fit, n = 1,000,000",
-        "Franke's function, noise-free, one fit with `random_state=0` (the "
-        "refinement runs on the 20,000-row EM subsample; the finest experts "
-        "are then refitted and polished on all rows), one thread, pinned.",
-        (("problem", "fit time", "rel L2 error", "model"),
-         [("franke_2d", fmt_wall_cpu(sec), fmt_err(error),
-           f"{model.n_partitions_} partitions, degree {model.degree_}")]),
-    )
-    report.target("1e6-row 2-D default fit (franke_2d)", "< 60 s", detail, sec < 60)
