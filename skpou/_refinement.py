@@ -396,9 +396,9 @@ def grow_branches(starts, path, train, valid, n_cycles, patience, settings, rand
     return tree, path, converged
 
 
-def root_degree(n_features, n_distinct, rows_per_unknown=ROWS_PER_UNKNOWN):
-    """The highest degree of one expert that the rows determine, by default
-    as a p-step requires them (ROWS_PER_UNKNOWN per unknown, MAX_DEGREE,
+def root_degree(n_features, n_distinct, rows_per_unknown):
+    """The highest degree of one expert that the rows determine at
+    ``rows_per_unknown`` rows per unknown (up to MAX_DEGREE and
     ROOT_MAX_BASIS).
 
     Small samples of a smooth target are often fitted best by one expert of

@@ -11,7 +11,8 @@ from skpou._basis import Basis, basis_values, total_degree_powers
 from skpou._data import TrainingData
 from skpou._gates import make_gate
 from skpou._refinement import (
-    _improves, leave_one_out_errors, legendre_decay, loo_root_degree, mark, root_degree,
+    LOO_ROWS_PER_UNKNOWN, _improves, leave_one_out_errors, legendre_decay, loo_root_degree,
+    mark, root_degree,
 )
 
 
@@ -59,11 +60,13 @@ def test_a_step_improves_only_at_a_fair_share_of_the_asymptotic_rate():
 
 
 def test_root_degree_is_what_the_rows_determine():
-    assert root_degree(2, 100) == 5  # 21 functions, 4 rows each
-    assert root_degree(1, 10**6) == 10  # MAX_DEGREE
-    assert root_degree(5, 10**6) == 6  # 462 functions; degree 7 has 792 > ROOT_MAX_BASIS
-    assert root_degree(8, 900) == 3  # 165 functions; degree 4 has 495, > 900 / 4
-    assert root_degree(2, 3) == 0
+    # at the rows per unknown loo_root_degree allows
+    assert LOO_ROWS_PER_UNKNOWN == 1.5
+    assert root_degree(2, 60, 1.5) == 7  # 36 functions; degree 8 has 45, > 60 / 1.5
+    assert root_degree(2, 100, 1.5) == 10  # MAX_DEGREE (66 functions)
+    assert root_degree(5, 10**6, 1.5) == 6  # 462 functions; degree 7 has 792 > ROOT_MAX_BASIS
+    assert root_degree(8, 700, 1.5) == 3  # 165 functions; degree 4 has 495, > 700 / 1.5
+    assert root_degree(2, 4, 1.5) == 0  # degree 1 has 3 functions, > 4 / 1.5
 
 
 def test_leave_one_out_errors_are_those_of_refits_without_each_row():
