@@ -6,6 +6,7 @@ import pytest
 from numpy_reference import legendre_basis, legendre_products_dense
 from skpou._basis import (
     Basis,
+    basis_values,
     legendre_frame_change,
     legendre_products,
     local_frames,
@@ -27,6 +28,14 @@ def test_basis_is_ordered_by_total_degree_and_nested():
         # each recipe row builds a function from an earlier one
         recipe = basis.recipe
         assert np.all(recipe[1:, 0] < np.arange(1, basis.size))
+
+
+@pytest.mark.parametrize("n_features, degree", [(1, 7), (2, 4), (3, 3), (5, 2)])
+def test_basis_values_are_the_orthonormal_legendre_products(n_features, degree):
+    X = np.random.default_rng(6).uniform(-1, 1, (300, n_features))
+    expected = legendre_basis(X, total_degree_powers(n_features, degree))
+    np.testing.assert_allclose(basis_values(X, Basis(n_features, degree)), expected,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("n_features, degree", [(1, 5), (2, 3), (3, 2)])
