@@ -61,15 +61,19 @@ class ChunkedTrainingData:
     in-memory ``TrainingData`` of the rows drawn for EM (all rows if there
     are at most ``em_subsample``), sorted and scaled like NumPy input.
     ``n_samples``: rows of positive weight; ``total_weight``: their sum.
+    ``em_weight_unit``: the chunks' weight per unit of ``em_data``'s
+    (``prepare`` divides the EM rows' weights by their largest).
     """
 
     out_of_core = True
 
-    def __init__(self, X, Y, sample_weight, em_data, n_samples, total_weight):
+    def __init__(self, X, Y, sample_weight, em_data, n_samples, total_weight,
+                 em_weight_unit):
         self.X, self.Y, self.sample_weight = X, Y, sample_weight
         self.em_data = em_data
         self.n_samples = n_samples
         self.total_weight = total_weight
+        self.em_weight_unit = em_weight_unit
 
 
 class DaskRows:
@@ -351,7 +355,11 @@ def prepare_chunks(estimator, X, y, sample_weight, em_subsample, random_state):
         # outside the weighted rows' box it would overflow the bases).
         keep = w > 0
         X_scaled, Y_scaled, w = X_scaled[keep], Y_scaled[keep], w[keep]
-    data = ChunkedTrainingData(X_scaled, Y_scaled, w, em_data, n_weighted, total_weight)
+    # sums, unlike the largest weight, do not change as equal rows merge
+    em_weight_unit = w_em.sum() / em_data.sample_weight.sum()
+    data = ChunkedTrainingData(
+        X_scaled, Y_scaled, w, em_data, n_weighted, total_weight, em_weight_unit
+    )
     return data, scaling, n_distinct, y_was_1d
 
 

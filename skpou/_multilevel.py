@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._basis import frames_from_moments, local_frames, weighted_moments
+from ._data import TrainingData
 from ._experts import (
     MIN_RESPONSIBILITY,
     block_normal_equations,
@@ -42,6 +43,14 @@ MIN_FRAME_SCALE = 1e-6
 # node's own variance (sigma="em") never below this fraction of the pooled one:
 # a partition whose sigma collapses would capture its neighbours' samples.
 MIN_NOISE_VAR = 1e-24
+# The predictive variance is calibrated on the errors at most this many
+# rows (``calibration_rows``): the factor's relative standard error is then
+# about sqrt(2 / rows), 4.5%, and the leave-one-out errors of a polish of
+# U unknowns cost rows * U^2 multiply-adds.
+CALIBRATION_ROWS = 1000
+# 1 - h, h a leverage, is at least this: h = 1 up to round-off (a row that
+# alone fixes its fit) would give 0 / 0.
+LEAST_LEAVE_ONE_OUT_ROOM = 1e-6
 EM_NOISE_FLOOR = 1e-2
 # Nodes holding at most this fraction of the total sample weight are pruned.
 PRUNE_MASS = 1e-12
@@ -482,3 +491,39 @@ def calibrate_variance(tree, data, include_spread, threads):
 
     squared, variance = threads.sum(block, data.X, data.Y, data.sample_weight)
     return squared / np.maximum(variance, np.finfo(float).tiny)
+
+
+def calibrate_to_leave_one_out(tree, held, residuals, leverages):
+    """The factor (T,) that makes the predictive variance match the
+    polish's leave-one-out errors at the rows ``held``, row by row.
+
+    Row d's leave-one-out error e_d = r_d / (1 - h_d) (residual r, leverage
+    h) is the error of a fit that did not see it, whose predictive variance
+    there is v_d = sigma^2(x_d) / (1 - h_d) (the noise variance grown by the
+    parameters' uncertainty, as for any least-squares fit). The factor is
+    the weighted mean of e_d^2 / v_d = r_d^2 / ((1 - h_d) sigma^2(x_d)).
+    A mean of ratios, not a ratio of sums: with few rows some leverages
+    come near 1, and their e_d^2 and v_d, both huge, would decide a ratio
+    of sums alone (a 3-D target on 100 rows: 24 against 3.8 on test data).
+    """
+    _, noise = tree.moments(held.X, tree.finest, tree.noise_var, False)
+    room = np.maximum(1.0 - leverages, LEAST_LEAVE_ONE_OUT_ROOM)[:, None]
+    standardized = residuals**2 / (room * np.maximum(noise, MIN_NOISE_VAR))
+    return held.sample_weight @ standardized / held.sample_weight.sum()
+
+
+def calibration_rows(data):
+    """At most CALIBRATION_ROWS of the training rows, at which the
+    predictive variance is calibrated: a ``TrainingData`` with weights in
+    ``data``'s units.
+
+    Evenly spaced in the canonical order (sorted, so they spread over the
+    inputs); out of core, among the rows in memory (``em_data``).
+    """
+    rows = getattr(data, "em_data", data)
+    if rows.n_samples > CALIBRATION_ROWS:
+        rows = rows.rows(np.linspace(0, rows.n_samples - 1, CALIBRATION_ROWS).astype(np.intp))
+    unit = getattr(data, "em_weight_unit", None)
+    if unit is None:
+        return rows
+    return TrainingData(rows.X, rows.Y, rows.sample_weight * unit)

@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.sparse.linalg import LinearOperator, cg, splu
 from sklearn.exceptions import ConvergenceWarning
 
@@ -100,11 +101,33 @@ def _block_factor_entries(overlaps):
     return factors.L.nnz + factors.U.nnz - n_nodes  # the unit diagonal of L is implicit
 
 
-def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None):
-    """``polish_candidates`` for one ridge: the coefficients (K, M, T)."""
-    return polish_candidates(
-        X, Y, sample_weight, tree, (alpha,), threads, determined, total
-    )[0]
+def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None,
+                   held=None):
+    """The polished finest experts' coefficients (K, M, T), for one ridge
+    (``polish_candidates``), and what gives the leave-one-out errors at
+    the rows ``held``.
+
+    ``held``: a ``TrainingData`` of some of the rows of X, Y (or None).
+    Where the system is solved by a dense Cholesky factor, the polish's
+    residuals and leverages at those rows are returned with the
+    coefficients (``_residuals_and_leverages``); otherwise None.
+    """
+    system = _polish_system(X, Y, sample_weight, tree, threads, total)
+    if not determined:
+        alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
+    if held is None or system.route not in DENSE_ROUTES:
+        return system.solve(alpha, tree.levels[-1].coef), None
+    level = tree.levels[-1]
+    size = level.coef.shape[0] * level.coef.shape[1]
+    system.matrix[np.diag_indices(size)] = system.diagonal + alpha
+    try:
+        factor = cho_factor(system.matrix, lower=True, overwrite_a=True)
+    except np.linalg.LinAlgError:  # indefinite through round-off: no factor
+        system.matrix[np.diag_indices(size)] = system.diagonal
+        return system.solve(alpha, level.coef), None
+    pulled = system.rhs + alpha * level.coef.reshape(size, -1)
+    coef = cho_solve(factor, pulled).reshape(level.coef.shape)
+    return coef, _residuals_and_leverages(factor[0], held, tree, coef, system.total)
 
 
 def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=True,
@@ -123,6 +146,46 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     ``TrainingData.capped_weight``'s, so that one row of huge weight does
     not shrink the ridge's reach to the other rows).
     """
+    system = _polish_system(X, Y, sample_weight, tree, threads, total)
+    coef = tree.levels[-1].coef
+    return [
+        system.solve(alpha if determined else max(alpha, UNDERDETERMINED_POLISH_RIDGE), coef)
+        for alpha in alphas
+    ]
+
+
+# The routes whose matrix is dense (and so has a Cholesky factor).
+DENSE_ROUTES = ("moments", "design", "blocks")
+
+
+class _PolishSystem:
+    """The polish's normal equations, normalized by ``total``: ``matrix``
+    (dense (KM, KM), sparse, or the pair blocks of the "iterative" route),
+    ``rhs`` (KM, T), and the dense matrix's ``diagonal`` (before a ridge)."""
+
+    def __init__(self, matrix, rhs, route, overlaps, total):
+        self.matrix, self.rhs, self.route = matrix, rhs, route
+        self.overlaps, self.total = overlaps, total
+        self.diagonal = matrix.diagonal().copy() if route in DENSE_ROUTES else None
+
+    def solve(self, alpha, start):
+        """The coefficients (K, M, T) with ridge alpha pulling towards
+        ``start`` (the EM coefficients, (K, M, T))."""
+        size = start.shape[0] * start.shape[1]
+        pulled = self.rhs + alpha * start.reshape(size, -1)
+        if self.route == "iterative":
+            solution = _conjugate_gradients(self.matrix, self.overlaps, pulled, alpha, start)
+        elif self.route == "sparse":
+            solution = splu((self.matrix + alpha * sparse.eye_array(size)).tocsc()).solve(pulled)
+        else:
+            self.matrix[np.diag_indices(size)] = self.diagonal + alpha
+            solution = solve_spd(self.matrix, pulled)
+        return solution.reshape(start.shape)
+
+
+def _polish_system(X, Y, sample_weight, tree, threads, total):
+    """Form the polish's normal equations by the route ``polish_route``
+    chooses (a ``_PolishSystem``)."""
     level = tree.levels[-1]
     n_nodes, n_basis, n_targets = level.coef.shape
     min_log_gate = tree.min_log_gate
@@ -162,22 +225,39 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     if total is None:
         total = threads.total(sample_weight)
     matrix /= total  # dense, the largest array of the fit: in place
-    rhs = rhs.reshape(size, n_targets) / total
-    diagonal = matrix.diagonal().copy() if route in ("moments", "design", "blocks") else None
-    solutions = []
-    for alpha in alphas:
-        if not determined:
-            alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
-        pulled = rhs + alpha * level.coef.reshape(size, n_targets)
-        if route == "iterative":
-            solution = _conjugate_gradients(matrix, overlaps, pulled, alpha, level.coef)
-        elif route == "sparse":
-            solution = splu((matrix + alpha * sparse.eye_array(size)).tocsc()).solve(pulled)
-        else:
-            matrix[np.diag_indices(size)] = diagonal + alpha
-            solution = solve_spd(matrix, pulled)
-        solutions.append(solution.reshape(n_nodes, n_basis, n_targets))
-    return solutions
+    return _PolishSystem(matrix, rhs.reshape(size, n_targets) / total, route, overlaps, total)
+
+
+def _residuals_and_leverages(factor, held, tree, coef, total):
+    """The polish's residuals (n_held, T) and leverages (n_held,) at the
+    rows of ``held``: row d's error when the polish is refitted without it
+    is r_d / (1 - h_d), gates and the ridge's pull held fixed.
+
+    The polish is one linear least-squares fit in all coefficients, so as
+    for one expert (``_refinement.leave_one_out_errors``, Allen's PRESS)
+    h_d = s_d a_d^T A^-1 a_d / total, a_d the blended design row
+    (pi_k(x_d) phi_k(x_d))_k, A = L L^T the normalized matrix with its
+    ridge (``factor``: L). Rows are taken DESIGN_ROWS at a time.
+    """
+    level, basis = tree.levels[-1], tree.basis
+    n_nodes, n_basis, n_targets = coef.shape
+    flat = coef.reshape(n_nodes * n_basis, n_targets)
+    residuals = np.empty(held.Y.shape)
+    leverages = np.empty(held.n_samples)
+    for start in range(0, held.n_samples, DESIGN_ROWS):
+        part = slice(start, min(start + DESIGN_ROWS, held.n_samples))
+        X = held.X[part]
+        design = np.empty((X.shape[0], flat.shape[0]))
+        _kernels.blended_design(
+            X, np.ascontiguousarray(tree.log_gates(X, tree.finest)), level.centers,
+            level.scales, basis.recipe, basis.degree, tree.min_log_gate, design,
+        )
+        whitened = solve_triangular(factor, design.T, lower=True, check_finite=False)
+        leverages[part] = (
+            held.sample_weight[part] * np.einsum("ij,ij->j", whitened, whitened) / total
+        )
+        residuals[part] = held.Y[part] - design @ flat
+    return residuals, leverages
 
 
 def _conjugate_gradients(blocks, overlaps, rhs, alpha, start):

@@ -10,6 +10,7 @@ import skpou._polish as polish
 from numpy_reference import legendre_basis, random_problem
 from skpou import HierarchicalPOURegressor
 from skpou._basis import Basis, legendre_frame_change
+from skpou._data import TrainingData
 from skpou._gates import make_gate
 from skpou._kernels import polish as kernels
 from skpou._parallel import Threads
@@ -225,5 +226,49 @@ def test_polish_fits_a_blend_the_experts_alone_cannot():
     truth = np.array([[0.5, -1.0], [2.0, 0.25]])  # (node, basis) in Legendre terms
     phi = legendre_basis(X, np.array([[0], [1]]))
     y = (np.exp(log_gate) * (phi @ truth.T)).sum(axis=1, keepdims=True)
-    coef = polish.polish_experts(X, y, np.ones(400), tree, 1e-12, Threads())
+    coef, _ = polish.polish_experts(X, y, np.ones(400), tree, 1e-12, Threads())
     np.testing.assert_allclose(coef[:, :, 0], truth, atol=1e-7)
+
+
+def test_polish_leave_one_out_errors_equal_refits_without_the_row():
+    """The polish's leave-one-out errors r / (1 - h) at the held rows (its
+    residuals r and leverages h) are the errors of polishes on all other rows (gates and the ridge's pull
+    fixed, the ridge's scale too: the same ``total``), two weighted targets."""
+    rng = np.random.default_rng(0)
+    X = np.sort(rng.uniform(-1, 1, 60))[:, None]
+    tree = _tree(np.array([[-0.5], [0.5]]), np.full((2, 1), 0.6), 3)
+    tree.levels[1].coef = rng.normal(size=tree.levels[1].coef.shape)  # the pull's target
+
+    def gates(X_block):
+        g = 1 / (1 + np.exp(-4 * X_block))
+        return np.hstack([1 - g, g])
+
+    tree.log_gates = lambda X_block, level: np.log(gates(X_block))
+    Y = np.column_stack([np.sin(3 * X[:, 0]), np.abs(X[:, 0])]) + 0.05 * rng.normal(size=(60, 2))
+    w = rng.uniform(0.2, 3.0, 60)
+    held = TrainingData(X, Y, w)
+    coef, (residuals, leverages) = polish.polish_experts(
+        X, Y, w, tree, 1e-3, Threads(), total=w.sum(), held=held
+    )
+    assert residuals.shape == (60, 2) and np.all((leverages > 0) & (leverages < 1))
+    errors = residuals / (1 - leverages[:, None])
+    for d in (0, 7, 31, 59):
+        keep = np.arange(60) != d
+        without, _ = polish.polish_experts(
+            X[keep], Y[keep], w[keep], tree, 1e-3, Threads(), total=w.sum()
+        )
+        x = X[d:d + 1]
+        local = [legendre_basis((x - c) / 0.6, tree.basis.powers) for c in (-0.5, 0.5)]
+        mean = sum(gates(x)[0, k] * (local[k] @ without[k]) for k in range(2))
+        np.testing.assert_allclose(errors[d], Y[d] - mean[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(residuals, Y - _blended_mean(X, tree, coef, gates), atol=1e-12)
+
+
+def _blended_mean(X, tree, coef, gates):
+    level = tree.levels[1]
+    g = gates(X)
+    return sum(
+        g[:, [k]] * (legendre_basis((X - level.centers[k]) / level.scales[k],
+                                    tree.basis.powers) @ coef[k])
+        for k in range(2)
+    )
