@@ -435,7 +435,8 @@ def refit_noise(tree, data, threads):
     than its errors). Partitions with fewer than 2 M rows get the pooled
     value, (sum R) / (sum n - K M); where even that has fewer than 2 K M
     rows (a fit that can interpolate), the residuals' plain mean: only
-    held-out rows can tell such a fit's error (``calibrate_variance``).
+    errors on rows the fit did not see can tell such a fit's error
+    (``calibrate_to_leave_one_out``, ``calibrate_variance``).
     (Residuals of each expert alone would mislead after the polish, which
     fits the experts jointly: individually they need not fit.)
 
@@ -493,23 +494,34 @@ def calibrate_variance(tree, data, include_spread, threads):
     return squared / np.maximum(variance, np.finfo(float).tiny)
 
 
-def calibrate_to_leave_one_out(tree, held, residuals, leverages):
+def calibrate_to_leave_one_out(tree, calibration, residuals, leverages):
     """The factor (T,) that makes the predictive variance match the
-    polish's leave-one-out errors at the rows ``held``, row by row.
+    polish's leave-one-out errors at the rows ``calibration`` (a
+    ``TrainingData``; ``residuals`` (n, T), ``leverages`` (n,)), row by row.
 
     Row d's leave-one-out error e_d = r_d / (1 - h_d) (residual r, leverage
     h) is the error of a fit that did not see it, whose predictive variance
     there is v_d = sigma^2(x_d) / (1 - h_d) (the noise variance grown by the
     parameters' uncertainty, as for any least-squares fit). The factor is
-    the weighted mean of e_d^2 / v_d = r_d^2 / ((1 - h_d) sigma^2(x_d)).
+    the mean of e_d^2 / v_d = r_d^2 / ((1 - h_d) sigma^2(x_d)), weighted by
+    ``TrainingData.capped_weight`` (as held-out errors are: one row of huge
+    weight would otherwise decide it alone).
+
     A mean of ratios, not a ratio of sums: with few rows some leverages
     come near 1, and their e_d^2 and v_d, both huge, would decide a ratio
     of sums alone (a 3-D target on 100 rows: 24 against 3.8 on test data).
+    The noise variances are the residuals' mean squares corrected for the
+    unknowns (``refit_noise``), so where the leverages are alike and the
+    model fits, the factor is near 1; it corrects a model whose errors
+    the residuals understate (a degree too low for the rows: 2.5 on that
+    3-D target). It holds the gates and the tree fixed, so it does not
+    see their overfitting.
     """
-    _, noise = tree.moments(held.X, tree.finest, tree.noise_var, False)
+    _, noise = tree.moments(calibration.X, tree.finest, tree.noise_var, False)
     room = np.maximum(1.0 - leverages, LEAST_LEAVE_ONE_OUT_ROOM)[:, None]
     standardized = residuals**2 / (room * np.maximum(noise, MIN_NOISE_VAR))
-    return held.sample_weight @ standardized / held.sample_weight.sum()
+    weight = calibration.capped_weight
+    return weight @ standardized / weight.sum()
 
 
 def calibration_rows(data):

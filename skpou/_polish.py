@@ -102,32 +102,31 @@ def _block_factor_entries(overlaps):
 
 
 def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None,
-                   held=None):
-    """The polished finest experts' coefficients (K, M, T), for one ridge
-    (``polish_candidates``), and what gives the leave-one-out errors at
-    the rows ``held``.
+                   calibration=None):
+    """The polished finest experts' coefficients (K, M, T) for one ridge
+    (as ``polish_candidates``), and the residuals and leverages that give
+    the polish's leave-one-out errors at the rows ``calibration``.
 
-    ``held``: a ``TrainingData`` of some of the rows of X, Y (or None).
-    Where the system is solved by a dense Cholesky factor, the polish's
-    residuals and leverages at those rows are returned with the
+    ``calibration``: a ``TrainingData`` of some of the rows of X, Y (or
+    None). Where the system is solved by a dense Cholesky factor, the
+    residuals (n, T) and leverages (n,) at those rows are returned with the
     coefficients (``_residuals_and_leverages``); otherwise None.
     """
     system = _polish_system(X, Y, sample_weight, tree, threads, total)
     if not determined:
         alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
-    if held is None or system.route not in DENSE_ROUTES:
-        return system.solve(alpha, tree.levels[-1].coef), None
     level = tree.levels[-1]
+    if calibration is None or system.route not in DENSE_ROUTES:
+        return system.solve(alpha, level.coef), None
     size = level.coef.shape[0] * level.coef.shape[1]
     system.matrix[np.diag_indices(size)] = system.diagonal + alpha
     try:
-        factor = cho_factor(system.matrix, lower=True, overwrite_a=True)
+        factor = cho_factor(system.matrix, lower=True)  # a copy: the matrix stays
     except np.linalg.LinAlgError:  # indefinite through round-off: no factor
-        system.matrix[np.diag_indices(size)] = system.diagonal
         return system.solve(alpha, level.coef), None
     pulled = system.rhs + alpha * level.coef.reshape(size, -1)
     coef = cho_solve(factor, pulled).reshape(level.coef.shape)
-    return coef, _residuals_and_leverages(factor[0], held, tree, coef, system.total)
+    return coef, _residuals_and_leverages(factor[0], calibration, tree, coef, system.total)
 
 
 def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=True,
@@ -228,9 +227,9 @@ def _polish_system(X, Y, sample_weight, tree, threads, total):
     return _PolishSystem(matrix, rhs.reshape(size, n_targets) / total, route, overlaps, total)
 
 
-def _residuals_and_leverages(factor, held, tree, coef, total):
-    """The polish's residuals (n_held, T) and leverages (n_held,) at the
-    rows of ``held``: row d's error when the polish is refitted without it
+def _residuals_and_leverages(factor, rows, tree, coef, total):
+    """The polish's residuals (n, T) and leverages (n,) at ``rows`` (a
+    ``TrainingData`` of rows it was fitted on): row d's error when the polish is refitted without it
     is r_d / (1 - h_d), gates and the ridge's pull held fixed.
 
     The polish is one linear least-squares fit in all coefficients, so as
@@ -242,11 +241,11 @@ def _residuals_and_leverages(factor, held, tree, coef, total):
     level, basis = tree.levels[-1], tree.basis
     n_nodes, n_basis, n_targets = coef.shape
     flat = coef.reshape(n_nodes * n_basis, n_targets)
-    residuals = np.empty(held.Y.shape)
-    leverages = np.empty(held.n_samples)
-    for start in range(0, held.n_samples, DESIGN_ROWS):
-        part = slice(start, min(start + DESIGN_ROWS, held.n_samples))
-        X = held.X[part]
+    residuals = np.empty(rows.Y.shape)
+    leverages = np.empty(rows.n_samples)
+    for start in range(0, rows.n_samples, DESIGN_ROWS):
+        part = slice(start, min(start + DESIGN_ROWS, rows.n_samples))
+        X = rows.X[part]
         design = np.empty((X.shape[0], flat.shape[0]))
         _kernels.blended_design(
             X, np.ascontiguousarray(tree.log_gates(X, tree.finest)), level.centers,
@@ -254,9 +253,9 @@ def _residuals_and_leverages(factor, held, tree, coef, total):
         )
         whitened = solve_triangular(factor, design.T, lower=True, check_finite=False)
         leverages[part] = (
-            held.sample_weight[part] * np.einsum("ij,ij->j", whitened, whitened) / total
+            rows.sample_weight[part] * np.einsum("ij,ij->j", whitened, whitened) / total
         )
-        residuals[part] = held.Y[part] - design @ flat
+        residuals[part] = rows.Y[part] - design @ flat
     return residuals, leverages
 
 

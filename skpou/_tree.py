@@ -69,8 +69,8 @@ class PartitionTree:
     the gate family (``skpou._gates.GateFamily``). Set after training, for
     predictions: ``noise_var`` (K, T), the finest experts' noise variances;
     ``coef_cov`` (K, T, M, M), their coefficient covariances (or None);
-    ``variance_scale`` (T,), the predictive variance's calibration on
-    held-out rows (ones without them).
+    ``variance_scale`` (T,), the predictive variance's calibration factor
+    (``HierarchicalPOURegressor._variance_scale``; 1 without one).
     """
 
     min_log_gate = MIN_LOG_GATE

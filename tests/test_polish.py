@@ -248,7 +248,7 @@ def test_polish_leave_one_out_errors_equal_refits_without_the_row():
     w = rng.uniform(0.2, 3.0, 60)
     held = TrainingData(X, Y, w)
     coef, (residuals, leverages) = polish.polish_experts(
-        X, Y, w, tree, 1e-3, Threads(), total=w.sum(), held=held
+        X, Y, w, tree, 1e-3, Threads(), total=w.sum(), calibration=held
     )
     assert residuals.shape == (60, 2) and np.all((leverages > 0) & (leverages < 1))
     errors = residuals / (1 - leverages[:, None])
