@@ -502,6 +502,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         n_features = data.X.shape[1]
         adaptive = _is_auto(self.partitions)
         shape = "auto" if adaptive else _validated_sizes(self.partitions, "partitions")
+        if not adaptive:
+            _warn_if_underdetermined(shape, n_features, self.degree_, n_distinct)
         warm_start_key = (shape, self.gate, tuple(self.gate_hidden_sizes), n_features)
         previous = None
         if self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key:
@@ -954,6 +956,24 @@ class _TrainingHistory:
         # is close to the R^2 of the rows
         self.validation_scores.append(1.0 - validation_error)
         self.train_scores.append(1.0 - train_error)
+
+
+def _warn_if_underdetermined(shape, n_features, degree, n_distinct):
+    """A fixed tree with more unknowns than distinct rows: say so. Between
+    the rows such a fit is decided by the ridge, not the data, and neither
+    the held-out nor the leave-one-out errors (which hold the tree fixed)
+    show it: (8, 8) partitions of degree 6 on 300 noisy 2-D rows gave a test
+    error 260x the mean predicted std."""
+    unknowns = int(np.prod(shape)) * comb(n_features + degree, degree)
+    if unknowns > n_distinct:
+        warnings.warn(
+            f"partitions={shape} with degree={degree} in {n_features} dimensions has "
+            f"{unknowns} unknowns per output, more than the {n_distinct} distinct "
+            "samples determine: between the samples the fit is decided by the ridge, "
+            "not the data, and return_std cannot tell. Fewer partitions or a lower "
+            'degree fit what the samples determine; partitions="auto" chooses both.',
+            UserWarning,
+        )
 
 
 def _capped_total(data):

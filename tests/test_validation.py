@@ -102,6 +102,20 @@ def test_too_few_samples_for_the_basis(n_features, degree):
         np.testing.assert_allclose(model.predict(X[:-1]), y[:-1], atol=1e-6)
 
 
+def test_a_fixed_tree_with_more_unknowns_than_samples_warns():
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (300, 2))
+    y = np.sin(3 * X[:, 0]) * np.cos(2 * X[:, 1]) + 0.05 * rng.standard_normal(300)
+    # 64 partitions of 28 basis functions: 1792 unknowns for 300 rows
+    with pytest.warns(UserWarning, match="1792 unknowns per output, more than the 300"):
+        HierarchicalPOURegressor(partitions=(8, 8), degree=6, n_cycles=1).fit(X, y)
+    # 16 x 10 = 160 unknowns: determined, no such warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        HierarchicalPOURegressor(partitions=(4, 4), degree=3, n_cycles=1).fit(X, y)
+    assert not [w for w in caught if "unknowns per output" in str(w.message)]
+
+
 def test_zero_weights_do_not_count_as_samples():
     rng = np.random.RandomState(0)
     X = rng.uniform(0, 1, (20, 1))
