@@ -540,7 +540,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                                       + ", ".join(f"{e:.3e}" for e in errors))
         elif valid is not None:
             fitted = tree.copy()  # _finish refits the experts on all rows
-        calibration = _multilevel.calibration_rows(data)
+        # rows at which a polished fit's std is calibrated (leave-one-out)
+        calibration = _multilevel.calibration_rows(data) if self.polish else None
         residuals_leverages = self._finish(
             tree, data, train.n_samples < data.n_samples, n_distinct, polish_alpha,
             previous is not None, settings, calibration,

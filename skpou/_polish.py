@@ -115,17 +115,13 @@ def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, t
     system = _polish_system(X, Y, sample_weight, tree, threads, total)
     if not determined:
         alpha = max(alpha, UNDERDETERMINED_POLISH_RIDGE)
-    level = tree.levels[-1]
-    if calibration is None or system.route not in DENSE_ROUTES:
-        return system.solve(alpha, level.coef), None
-    size = level.coef.shape[0] * level.coef.shape[1]
-    system.matrix[np.diag_indices(size)] = system.diagonal + alpha
-    try:
-        factor = cho_factor(system.matrix, lower=True)  # a copy: the matrix stays
-    except np.linalg.LinAlgError:  # indefinite through round-off: no factor
-        return system.solve(alpha, level.coef), None
-    pulled = system.rhs + alpha * level.coef.reshape(size, -1)
-    coef = cho_solve(factor, pulled).reshape(level.coef.shape)
+    start = tree.levels[-1].coef
+    factor = None
+    if calibration is not None and system.route in DENSE_ROUTES:
+        factor = system.cholesky(alpha)
+    if factor is None:  # not dense, or indefinite through round-off
+        return system.solve(alpha, start), None
+    coef = cho_solve(factor, system.pulled(alpha, start)).reshape(start.shape)
     return coef, _residuals_and_leverages(factor[0], calibration, tree, coef, system.total)
 
 
@@ -167,19 +163,37 @@ class _PolishSystem:
         self.overlaps, self.total = overlaps, total
         self.diagonal = matrix.diagonal().copy() if route in DENSE_ROUTES else None
 
+    def pulled(self, alpha, start):
+        """The right-hand side (KM, T) with ridge alpha pulling towards
+        ``start`` (the EM coefficients, (K, M, T))."""
+        return self.rhs + alpha * start.reshape(self.rhs.shape[0], -1)
+
     def solve(self, alpha, start):
         """The coefficients (K, M, T) with ridge alpha pulling towards
-        ``start`` (the EM coefficients, (K, M, T))."""
-        size = start.shape[0] * start.shape[1]
-        pulled = self.rhs + alpha * start.reshape(size, -1)
+        ``start``."""
+        size = self.rhs.shape[0]
+        pulled = self.pulled(alpha, start)
         if self.route == "iterative":
             solution = _conjugate_gradients(self.matrix, self.overlaps, pulled, alpha, start)
         elif self.route == "sparse":
             solution = splu((self.matrix + alpha * sparse.eye_array(size)).tocsc()).solve(pulled)
         else:
-            self.matrix[np.diag_indices(size)] = self.diagonal + alpha
+            self._set_ridge(alpha)
             solution = solve_spd(self.matrix, pulled)
         return solution.reshape(start.shape)
+
+    def cholesky(self, alpha):
+        """The dense matrix's Cholesky factor with ridge alpha (as
+        ``scipy.linalg.cho_factor`` gives it), or None where round-off
+        leaves it indefinite."""
+        self._set_ridge(alpha)
+        try:
+            return cho_factor(self.matrix, lower=True)  # a copy: the matrix stays
+        except np.linalg.LinAlgError:
+            return None
+
+    def _set_ridge(self, alpha):
+        self.matrix[np.diag_indices(self.rhs.shape[0])] = self.diagonal + alpha
 
 
 def _polish_system(X, Y, sample_weight, tree, threads, total):
