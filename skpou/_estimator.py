@@ -66,7 +66,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    partitions : "auto" or tuple of int, default="auto"
+    partitions : "auto", int or tuple of int, default="auto"
         The tree. ``"auto"`` grows it to the resolution the data support
         (adaptive hp-refinement, user guide "Adaptive resolution"): a start
         tree (the root, or uniform splits up to ``(4, 4)``) is chosen on
@@ -78,7 +78,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         the best tree is kept. A tuple fixes the tree, as in the paper:
         children per node at each level, ``(8,)`` one level of 8
         partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
-        in 2: 8 fine ones).
+        in 2: 8 fine ones); an int ``k`` is ``(k,)``.
 
     degree : int or "auto", default="auto"
         Total degree of every polynomial expert (0 = constant). With
@@ -168,8 +168,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         best). The held-out rows also choose the polish ridge; the experts
         are refitted on all rows at the end. ``"auto"`` is True with
         ``partitions="auto"`` (which needs it: without held-out rows the
-        tree is the root alone), False with a fixed tree (the paper's
-        training, on every row).
+        tree is the root alone, of the degree of least leave-one-out error),
+        False with a fixed tree (the paper's training, on every row).
 
     validation_fraction : float in (0, 1), default=0.1
         Share of the distinct rows held out by ``early_stopping`` (beyond
@@ -312,7 +312,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         "early_stopping": ["boolean", StrOptions({"auto"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "n_jobs": [Integral, None],
+        # joblib's convention: 0 means nothing, -1 all CPUs, -2 all but one
+        "n_jobs": [Interval(Integral, 1, None, closed="left"),
+                   Interval(Integral, None, -1, closed="right"), None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -614,12 +616,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         """partitions="auto": adaptive hp-refinement judged on held-out rows.
 
         Without held-out rows (early_stopping=False, or too few distinct rows
-        to hold any out) the tree is the root alone.
+        to hold any out) the tree is the root alone, with degree="auto" at
+        the degree of least leave-one-out error (as the refinement's root).
         """
         n_features = train.X.shape[1]
         if self.degree == "auto":  # what the training rows determine
             self.degree_ = min(self.degree_, _auto_degree(n_features, train.n_distinct))
         if valid is None:
+            if self.degree == "auto":
+                self.degree_ = _refinement.loo_root_degree(train)
             tree = PartitionTree(Basis(n_features, self.degree_), gates)
             _multilevel.initialize(tree, train, (), settings, random_state)
             self._history.converged = True
@@ -808,12 +813,15 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             parts = threads.map(block, self._scale_inputs(X))
         mean, variance = (np.concatenate(arrays) for arrays in zip(*parts))
         mean = mean * self.y_scale_ + self.y_offset_
-        _check_extrapolation_finite(mean, X, self.x_offset_, self.x_scale_)
+        _check_extrapolation_finite(mean, X, self.x_offset_, self.x_scale_, "Predictions")
         if self._y_was_1d:
             mean, variance = mean[:, 0], variance[:, 0]
         if not return_std:
             return mean
         std = np.sqrt(variance) * (self.y_scale_[0] if self._y_was_1d else self.y_scale_)
+        # the variance overflows first: it grows as the mean squared
+        _check_extrapolation_finite(std.reshape(X.shape[0], -1), X, self.x_offset_,
+                                    self.x_scale_, "Predictive standard deviations")
         return mean, std
 
     def predict_partitions(self, X, level=-1):
@@ -888,14 +896,15 @@ def _numeric_finite_targets(y):
     return y
 
 
-def _check_extrapolation_finite(mean, X, x_offset, x_scale):
+def _check_extrapolation_finite(values, X, x_offset, x_scale, what):
     """ValueError where polynomial extrapolation overflowed (finite inputs far
-    outside the training range), rather than inf or NaN predictions."""
-    overflowed = ~np.isfinite(mean).all(axis=1)
+    outside the training range), rather than inf or NaN ``values`` (n, T):
+    ``what`` names them."""
+    overflowed = ~np.isfinite(values).all(axis=1)
     if overflowed.any():
         distance = np.abs((X[overflowed] - x_offset) / x_scale).max()
         raise ValueError(
-            f"Predictions overflow for {int(overflowed.sum())} of {X.shape[0]} "
+            f"{what} overflow for {int(overflowed.sum())} of {X.shape[0]} "
             f"rows: they lie up to {distance:.3g} half-ranges of the training "
             "inputs from their centre, where the polynomial experts' "
             "extrapolation exceeds the float range."

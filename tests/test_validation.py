@@ -145,6 +145,7 @@ def test_zero_weights_do_not_count_as_samples():
         (dict(alpha=-1), "alpha"),
         (dict(alpha=np.nan), "alpha"),
         (dict(n_cycles=-1), "n_cycles"),
+        (dict(n_jobs=0), "n_jobs"),
         (dict(tol=-1.0), "tol"),
         (dict(gate_hidden_sizes=(0,)), "gate_hidden_sizes"),
         (dict(gate_hidden_sizes=()), "gate_hidden_sizes"),
@@ -258,6 +259,21 @@ def test_overflowing_extrapolation_is_an_error_not_nan():
     assert np.isfinite(near).all()
     with pytest.raises(ValueError, match="overflow for 1 of 2 rows"):
         model.predict(np.vstack([X[:1], np.full((1, 3), 1e200)]))
+
+
+def test_overflowing_predictive_std_is_an_error_not_inf():
+    # The variance grows as the mean squared: it overflows first (the mean
+    # 1e159 and the std inf at 1e18 in a user's trial, NaN at 1e20).
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (300, 2))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, np.sin(2 * X[:, 0]) + X[:, 1] ** 2)
+    far = np.array([[0.0, 0.0], [1e18, 0.0], [1e20, 0.0]])
+    mean = model.predict(far)
+    assert np.isfinite(mean).all()  # the mean alone is still finite
+    with pytest.raises(ValueError, match="Predictive standard deviations overflow for 2 of 3"):
+        model.predict(far, return_std=True)
+    _, std = model.predict(far[:1], return_std=True)
+    assert np.isfinite(std).all()
 
 
 @pytest.mark.parametrize(
