@@ -713,7 +713,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         noisy and optimistic. On tanh_cos_exp_3d, 300 rows, 1% noise, the
         held-out factor ranged from 0.47 to 2.6 over five held-out draws of
         the same model, and the 2-std coverage from 0.81 to 0.98; with
-        leave-one-out the coverage is 0.90-0.96 (resolution.md, noisy data).
+        leave-one-out it is 0.90-0.93 (resolution.md, noisy data).
         """
         if residuals_leverages is not None:
             return _multilevel.calibrate_to_leave_one_out(
