@@ -505,7 +505,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         adaptive = _is_auto(self.partitions)
         shape = "auto" if adaptive else _validated_sizes(self.partitions, "partitions")
         if not adaptive:
-            _warn_if_underdetermined(shape, n_features, self.degree_, n_distinct)
+            # out of core, n_distinct counts the rows drawn for EM alone
+            rows = data.n_samples if getattr(data, "out_of_core", False) else n_distinct
+            _warn_if_underdetermined(shape, n_features, self.degree_, rows,
+                                     self.degree == "auto")
         warm_start_key = (shape, self.gate, tuple(self.gate_hidden_sizes), n_features)
         previous = None
         if self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key:
@@ -968,7 +971,7 @@ class _TrainingHistory:
         self.train_scores.append(1.0 - train_error)
 
 
-def _warn_if_underdetermined(shape, n_features, degree, n_distinct):
+def _warn_if_underdetermined(shape, n_features, degree, n_distinct, auto_degree):
     """A fixed tree with more unknowns than distinct rows: say so. Between
     the rows such a fit is decided by the ridge, not the data, and neither
     the held-out nor the leave-one-out errors (which hold the tree fixed)
@@ -976,8 +979,9 @@ def _warn_if_underdetermined(shape, n_features, degree, n_distinct):
     error 260x the mean predicted std."""
     unknowns = int(np.prod(shape)) * comb(n_features + degree, degree)
     if unknowns > n_distinct:
+        chosen = " (chosen by degree=\"auto\" for one expert)" if auto_degree else ""
         warnings.warn(
-            f"partitions={shape} with degree={degree} in {n_features} dimensions has "
+            f"partitions={shape} with degree={degree}{chosen} in {n_features} dimensions has "
             f"{unknowns} unknowns per output, more than the {n_distinct} distinct "
             "samples determine: between the samples the fit is decided by the ridge, "
             "not the data, and return_std cannot tell. Fewer partitions or a lower "

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -80,6 +81,17 @@ def test_fit_equals_numpy_fit_when_all_rows_are_in_the_em_subsample(client):
         for got, want in zip(on_dask.predict(X_test, return_std=True), expected):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
         assert on_dask.n_features_in_ == 2 and on_dask.n_outputs_ == targets.ndim
+
+
+def test_a_small_em_subsample_does_not_make_a_fixed_tree_underdetermined(client):
+    # Out of core, the distinct rows are counted in the EM subsample only;
+    # all 2000 rows determine the 96 unknowns, 60 would not.
+    X, y = sample(2_000, seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        HierarchicalPOURegressor(partitions=(4, 4), degree=2, n_cycles=1, em_subsample=60,
+                                 random_state=0).fit(chunked(X, 500), chunked(y, 500))
+    assert not [w for w in caught if "unknowns per output" in str(w.message)]
 
 
 def test_fit_on_a_subsample_is_as_accurate_as_the_numpy_fit(client):

@@ -116,6 +116,16 @@ def test_a_fixed_tree_with_more_unknowns_than_samples_warns():
     assert not [w for w in caught if "unknowns per output" in str(w.message)]
 
 
+def test_the_underdetermined_warning_says_when_the_degree_was_chosen_for_the_user():
+    """degree="auto" looks at the dimension and the rows, not the tree: (4, 4)
+    on 100 2-D rows takes degree 4, 240 unknowns for 100 rows. The warning
+    must not read as if the user had set that degree."""
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (100, 2))
+    with pytest.warns(UserWarning, match=r'degree=4 \(chosen by degree="auto" for one expert\)'):
+        HierarchicalPOURegressor(partitions=(4, 4), n_cycles=1).fit(X, X.sum(axis=1))
+
+
 def test_zero_weights_do_not_count_as_samples():
     rng = np.random.RandomState(0)
     X = rng.uniform(0, 1, (20, 1))
