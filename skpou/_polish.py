@@ -243,8 +243,9 @@ def _polish_system(X, Y, sample_weight, tree, threads, total):
 
 def _residuals_and_leverages(factor, rows, tree, coef, total):
     """The polish's residuals (n, T) and leverages (n,) at ``rows`` (a
-    ``TrainingData`` of rows it was fitted on): row d's error when the polish is refitted without it
-    is r_d / (1 - h_d), gates and the ridge's pull held fixed.
+    ``TrainingData`` of rows it was fitted on): row d's error when the
+    polish is refitted without it is r_d / (1 - h_d), gates and the
+    ridge's pull held fixed.
 
     The polish is one linear least-squares fit in all coefficients, so as
     for one expert (``_refinement.leave_one_out_errors``, Allen's PRESS)

@@ -232,8 +232,9 @@ def test_polish_fits_a_blend_the_experts_alone_cannot():
 
 def test_polish_leave_one_out_errors_equal_refits_without_the_row():
     """The polish's leave-one-out errors r / (1 - h) at the held rows (its
-    residuals r and leverages h) are the errors of polishes on all other rows (gates and the ridge's pull
-    fixed, the ridge's scale too: the same ``total``), two weighted targets."""
+    residuals r and leverages h) are the errors of polishes on all other
+    rows (gates and the ridge's pull fixed, the ridge's scale too: the same
+    ``total``), two weighted targets."""
     rng = np.random.default_rng(0)
     X = np.sort(rng.uniform(-1, 1, 60))[:, None]
     tree = _tree(np.array([[-0.5], [0.5]]), np.full((2, 1), 0.6), 3)
