@@ -55,6 +55,51 @@ class Basis:
         return comb(self.n_features + self.degree, self.degree)
 
 
+@dataclass(frozen=True)
+class IndexSetBasis:
+    """A Legendre basis on a downward-closed set of multi-indices, ``powers``
+    (M, d) in order of total degree (any such set has a ``basis_recipe``).
+
+    The interface of ``Basis``, for the Bayesian root's anisotropic sets
+    (``skpou._evidence``); ``degree`` is the largest total degree. Its normal
+    equations come from the kernel: the moment route assumes a total-degree
+    basis.
+    """
+
+    powers_key: tuple
+
+    @classmethod
+    def from_powers(cls, powers):
+        powers = np.asarray(powers, dtype=np.int64)
+        order = np.lexsort((np.arange(powers.shape[0]), powers.sum(axis=1)))
+        return cls(tuple(map(tuple, powers[order].tolist())))
+
+    @property
+    def powers(self):
+        return np.array(self.powers_key, dtype=np.int64)
+
+    @property
+    def n_features(self):
+        return len(self.powers_key[0])
+
+    @property
+    def degree(self):
+        return int(self.powers.sum(axis=1).max())
+
+    @property
+    def recipe(self):
+        return _index_set_recipe(self.powers_key)
+
+    @property
+    def size(self):
+        return len(self.powers_key)
+
+
+@lru_cache(maxsize=16)
+def _index_set_recipe(powers_key):
+    return basis_recipe(np.array(powers_key, dtype=np.int64))
+
+
 def total_degree_powers(n_features, degree):
     """Multi-indices of all monomials of total degree <= degree, shape (M, n)."""
     powers = [np.zeros(n_features, dtype=np.int64)]

@@ -71,6 +71,8 @@ class PartitionTree:
     ``coef_cov`` (K, T, M, M), their coefficient covariances (or None);
     ``variance_scale`` (T,), the predictive variance's calibration factor
     (``HierarchicalPOURegressor._variance_scale``; 1 without one).
+    ``prior``: for the Bayesian root (``skpou._evidence``), its
+    coefficients' prior; None for trees fitted by EM.
     """
 
     min_log_gate = MIN_LOG_GATE
@@ -82,6 +84,7 @@ class PartitionTree:
         self.noise_var = None
         self.coef_cov = None
         self.variance_scale = 1.0
+        self.prior = None
 
     @property
     def finest(self):

@@ -513,10 +513,11 @@ def test_verbose_reports_each_refinement_step(capsys, data_1d):
     model = HierarchicalPOURegressor(random_state=0, verbose=1).fit(X, y)
     out = capsys.readouterr().out
     steps = re.findall(r"([hp])-step: (\d+) partitions, degree (\d+)", out)
-    assert len(steps) == sum(step["kind"] != "start" for step in model.refinement_path_)
-    assert [kind for kind, _, _ in steps] == [
-        step["kind"] for step in model.refinement_path_ if step["kind"] != "start"
-    ]
+    kinds = [step["kind"] for step in model.refinement_path_]
+    assert [kind for kind, _, _ in steps] == [kind for kind in kinds if kind in ("h", "p")]
+    # the Bayesian root is tried last, once, and says so
+    assert kinds[-1] == "bayesian root" and kinds.count("bayesian root") == 1
+    assert len(re.findall(r"bayesian root: \d+ functions, degree \d+", out)) == 1
 
 
 def test_not_verbose_prints_nothing(capsys, data_1d):

@@ -277,7 +277,9 @@ def test_overflowing_predictive_std_is_an_error_not_inf():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (300, 2))
     model = HierarchicalPOURegressor(random_state=0).fit(X, np.sin(2 * X[:, 0]) + X[:, 1] ** 2)
-    far = np.array([[0.0, 0.0], [1e18, 0.0], [1e20, 0.0]])
+    # where the mean of the model's degree reaches ~1e200 and ~1e250
+    far = np.array([[0.0, 0.0], [10 ** (200 / model.degree_), 0.0],
+                    [10 ** (250 / model.degree_), 0.0]])
     mean = model.predict(far)
     assert np.isfinite(mean).all()  # the mean alone is still finite
     with pytest.raises(ValueError, match="Predictive standard deviations overflow for 2 of 3"):
