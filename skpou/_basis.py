@@ -10,10 +10,12 @@ z = (x - center) / scale (x already scaled to [-1, 1]^d): every local
 least-squares problem then stays well conditioned however small its
 partition is. The basis functions are ordered by total degree, so the
 degree-m basis is the first M functions of any higher-degree basis.
+(The Bayesian root alone, ``skpou._evidence``, may instead use an
+anisotropic set of multi-indices: ``IndexSetBasis``.)
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import combinations_with_replacement
 from math import comb
 
@@ -61,7 +63,9 @@ class IndexSetBasis:
     (M, d) in order of total degree (any such set has a ``basis_recipe``).
 
     The interface of ``Basis``, for the Bayesian root's anisotropic sets
-    (``skpou._evidence``); ``degree`` is the largest total degree. Its normal
+    (``skpou._evidence``). ``degree`` is the highest power of any one
+    feature (what the kernels tabulate Legendre polynomials to); the
+    highest total degree is ``powers.sum(axis=1).max()``. Its normal
     equations come from the kernel: the moment route assumes a total-degree
     basis.
     """
@@ -74,7 +78,7 @@ class IndexSetBasis:
         order = np.lexsort((np.arange(powers.shape[0]), powers.sum(axis=1)))
         return cls(tuple(map(tuple, powers[order].tolist())))
 
-    @property
+    @cached_property
     def powers(self):
         return np.array(self.powers_key, dtype=np.int64)
 
@@ -82,22 +86,17 @@ class IndexSetBasis:
     def n_features(self):
         return len(self.powers_key[0])
 
-    @property
+    @cached_property
     def degree(self):
-        return int(self.powers.sum(axis=1).max())
+        return int(self.powers.max())
 
-    @property
+    @cached_property
     def recipe(self):
-        return _index_set_recipe(self.powers_key)
+        return basis_recipe(self.powers)
 
     @property
     def size(self):
         return len(self.powers_key)
-
-
-@lru_cache(maxsize=16)
-def _index_set_recipe(powers_key):
-    return basis_recipe(np.array(powers_key, dtype=np.int64))
 
 
 def total_degree_powers(n_features, degree):

@@ -11,7 +11,6 @@ the user guide (``doc/user_guide.rst``) and the design note
 (``doc/design.md``) explain the choices.
 """
 
-import time
 import warnings
 from math import comb
 from numbers import Integral, Real
@@ -78,8 +77,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         the best tree is kept. With ``degree="auto"`` the grown tree then
         competes with the Bayesian root (one polynomial of high degree under
         a prior chosen by the evidence, user guide "The Bayesian root"),
-        which wins unless the tree has more than one partition and a
-        held-out error 10% below the root's; without held-out rows
+        which wins unless the tree's held-out error is 10% below the
+        root's (for a tree of one partition: half the root's); without
+        held-out rows
         (``early_stopping=False``) the Bayesian root is the fit. A tuple
         fixes the tree, as in the paper:
         children per node at each level, ``(8,)`` one level of 8
@@ -295,7 +295,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
 
     noise_var_ : ndarray of shape (n_partitions, n_outputs)
         Noise variance of each finest-level expert, in standardized units,
-        refitted after training (for the Bayesian root, the evidence's);
+        refitted after training (for the Bayesian root, the evidence's, one
+        for all outputs);
         with the experts' coefficient covariances
         and a calibration factor (``predict``) it makes
         ``predict(return_std=True)``.
@@ -525,7 +526,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                                      self.degree == "auto")
         warm_start_key = (shape, self.gate, tuple(self.gate_hidden_sizes), n_features)
         previous = None
-        if self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key:
+        # a previous Bayesian root is not refined: the fit starts afresh
+        if (self.warm_start and getattr(self, "_warm_start_key", None) == warm_start_key
+                and getattr(self.tree_, "prior", None) is None):
             previous = self.tree_.copy()
         gates = make_gate(self.gate, self.gate_hidden_sizes, self.gate_alpha_)
         random_state = check_random_state(self.random_state)
@@ -564,19 +567,18 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         # rows at which a polished fit's std is calibrated (leave-one-out)
         calibration = (_multilevel.calibration_rows(data)
                        if self.polish or tree.prior is not None else None)
-        residuals_leverages = self._finish(
+        leave_one_out = self._finish(
             tree, data, train.n_samples < data.n_samples, n_distinct, polish_alpha,
             previous is not None, settings, calibration,
         )
         tree.variance_scale = self._variance_scale(
-            tree, calibration, residuals_leverages, fitted, train, valid, polish_alpha,
-            threads,
+            tree, calibration, leave_one_out, fitted, train, valid, polish_alpha, threads,
         )
         _multilevel.log(settings, f"done: {int((~tree.gone()).sum())} partitions, "
                                   f"degree {tree.basis.degree}")
         self.tree_ = tree
         self._warm_start_key = warm_start_key
-        self.degree_ = tree.basis.degree
+        self.degree_ = int(tree.basis.powers.sum(axis=1).max())
         self.partitions_ = (
             tuple(level.n_nodes for level in tree.levels[1:]) if adaptive else shape
         )
@@ -649,8 +651,6 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             tree = PartitionTree(Basis(n_features, self.degree_), gates)
             _multilevel.initialize(tree, train, (), settings, random_state)
             return tree
-        if previous is not None and previous.prior is not None:
-            previous = None  # the Bayesian root is not refined: grow afresh
         if previous is not None:
             # The previous fit's gate_alpha="auto" choice stands; its experts
             # saw this fit's held-out rows, so they are refitted first.
@@ -680,7 +680,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         )
         self.gate_alpha_ = tree.gates.ridge
         if self.degree == "auto":
-            tree = self._bayesian_root_if_better(tree, path, gates, train, valid, settings)
+            tree = _refinement.bayesian_root_if_better(tree, path, gates, train, valid,
+                                                       settings)
+            converged = converged or tree.prior is not None  # no refinement limit applies
         history = self._history
         for step in path:
             history.record(step.validation_error, step.train_error)
@@ -695,44 +697,6 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 ConvergenceWarning,
             )
         return tree
-
-    @staticmethod
-    def _bayesian_root_if_better(tree, path, gates, train, valid, settings):
-        """The Bayesian root (``skpou._evidence``), unless the grown tree
-        has more than one partition and a held-out error (its path's last
-        kept step's) MIN_IMPROVEMENT below the root's: the margin a
-        refinement step needs. The root's step joins the path.
-
-        The grown tree's held-out error is the least of many steps judged
-        on the same rows, so it is optimistic, and with a few dozen noisy
-        held-out rows it is noisy; the root's was not chosen on them. One
-        partition of least squares is the root's own model class, with its
-        degree chosen by leave-one-out errors instead of a prior chosen by
-        the evidence: on tanh_cos_exp_3d (300 rows, 1% noise) its held-out
-        error was 19% below the root's and its test error 2.2x above.
-        """
-        t0 = time.perf_counter()
-        threads = settings.threads
-        root = _evidence.root_tree(train, gates, threads)
-        error = _refinement.blended_error(root, valid, threads)
-        grown_error = [step.validation_error for step in path if step.kept][-1]
-        step = _refinement.Step(
-            "bayesian root", 1, root.basis.degree, error,
-            _refinement.blended_error(root, train, threads), 0,
-            time.perf_counter() - t0,
-            int((~tree.gone()).sum()) == 1
-            or grown_error >= error * (1 - _refinement.MIN_IMPROVEMENT), [],
-        )
-        _multilevel.log(settings, f"bayesian root: {root.basis.size} functions, "
-                                  f"degree {root.basis.degree}, validation error "
-                                  f"{error:.3e} (grown tree {grown_error:.3e}), "
-                                  f"{step.seconds:.2f}s")
-        path.append(step)
-        if not step.kept:
-            return tree
-        for other in path[:-1]:
-            other.kept = False
-        return root
 
     def _finish(self, tree, data, refit, n_distinct, polish_alpha, warm, settings,
                 calibration):
@@ -753,24 +717,30 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             kink_data = data.em_data if getattr(data, "out_of_core", False) else data
             moved = place_boundaries_at_crossings(tree, kink_data, threads)
             _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
-        residuals_leverages = None
+        leave_one_out = None
         if polish_alpha is not None:
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             tree.levels[-1].coef, residuals_leverages = polish_experts(
                 data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined,
                 _capped_total(data), calibration,
             )
+            if residuals_leverages is not None:
+                residuals, leverages = residuals_leverages
+                leave_one_out = residuals, np.maximum(
+                    1.0 - leverages, _multilevel.LEAST_LEAVE_ONE_OUT_ROOM
+                )
         _multilevel.refit_noise(tree, data, threads)
-        return residuals_leverages
+        return leave_one_out
 
     @staticmethod
-    def _variance_scale(tree, calibration, residuals_leverages, fitted, train, valid,
+    def _variance_scale(tree, calibration, leave_one_out, fitted, train, valid,
                         polish_alpha, threads):
         """The predictive variance's calibration factor c (T,) (``predict``):
-        matched to the polish's leave-one-out errors at the training rows
-        ``calibration`` where the polish was solved densely (its
-        ``residuals_leverages``); else to the held-out rows' errors of the
-        fit on the training rows alone (``fitted``); else 1.
+        matched to the leave-one-out errors at the training rows
+        ``calibration`` of the polish, where it was solved densely, or of
+        the Bayesian root (``leave_one_out``: residuals and 1 - leverages);
+        else to the held-out rows' errors of the fit on the training rows
+        alone (``fitted``); else 1.
 
         Leave-one-out first: with few rows, the held-out tenth is a handful
         (10 rows of 100), and it chose the model, so its errors are both
@@ -779,10 +749,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         the same model, and the 2-std coverage from 0.81 to 0.98; with
         leave-one-out it is 0.90-0.93 (resolution.md, noisy data).
         """
-        if residuals_leverages is not None:
-            return _multilevel.calibrate_to_leave_one_out(
-                tree, calibration, *residuals_leverages
-            )
+        if leave_one_out is not None:
+            return _multilevel.calibrate_to_leave_one_out(tree, calibration, *leave_one_out)
         if valid is None:
             return 1.0
         fitted = fitted.copy()

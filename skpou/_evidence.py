@@ -5,30 +5,31 @@ With few rows, or noise, one polynomial of high degree under a prior that
 shrinks its higher Legendre coefficients beats any least-squares expert a
 held-out split or leave-one-out errors choose a degree for: the prior
 keeps every degree and lets the data decide how far each feature's
-coefficients reach (doc/user_guide, "How the fit chooses its resolution").
-The model (MacKay 1992, "Bayesian interpolation"; Rasmussen & Williams
-2006, sections 2.1 and 5.4):
+coefficients reach (user guide, "The Bayesian root"). The model (MacKay
+1992, "Bayesian interpolation"; Rasmussen & Williams 2006, sections 2.1
+and 5.4):
 
     y_d = phi(x_d)^T c + e_d,    e_d ~ N(0, sigma^2 / s_d),
     c_m ~ N(0, lambda_m),        lambda_m = a prod_j r_j^(alpha_mj),
 
-phi the orthonormal Legendre basis of total degree <= D on the unit box
-(the scaled inputs' box), alpha_m its multi-index, s_d the sample weights
-scaled to sum to the number of distinct rows (``NormalEquations``), and
-targets standardized. An analytic function's
-Legendre coefficients decay geometrically with the degree, at a rate set by
-how far it extends analytically in each variable: r_j is that rate per
-feature (automatic relevance determination: a feature the target ignores
-gets r_j -> 0), a the amplitude. The hyperparameters theta = (log a,
-log sigma^2, log r) maximize the log marginal likelihood (type-II maximum
-likelihood) by L-BFGS-B from a few starts, with its exact gradient (the
-"effective number of parameters" identities of MacKay's paper). Several
-outputs share theta (their evidences add).
+phi the orthonormal Legendre basis on the unit box (the scaled inputs'
+box), of total degree <= D or on an anisotropic set of multi-indices
+(``anisotropic_basis``), alpha_m its multi-index, s_d the sample weights
+scaled as ``NormalEquations`` says, and targets standardized. An analytic
+function's Legendre coefficients decay geometrically with the degree, at
+a rate set by how far it extends analytically in each variable: r_j is
+that rate per feature (automatic relevance determination: a feature the
+target ignores gets r_j -> 0; one rate for all with few rows), a the
+amplitude. The hyperparameters theta = (log a, log sigma^2, log r)
+maximize the log marginal likelihood (type-II maximum likelihood) by
+L-BFGS-B from a few starts, with its exact gradient (the "effective
+number of parameters" identities of MacKay's paper). Several outputs
+share theta (their evidences add).
 
 Everything is computed from the normal equations G = sum_d s_d phi phi^T,
 b = sum_d s_d phi y_d^T and sum_d s_d y_d^2, so the rows are passed once
-(streamed out of core); each evaluation of the evidence costs two
-triangular factorizations of size M.
+(streamed out of core); each evaluation of the evidence costs a Cholesky
+factorization and a triangular inverse of size M.
 """
 
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from scipy.optimize import minimize
 
 from ._basis import Basis, IndexSetBasis, basis_values
 from ._experts import block_normal_equations, mirror_upper, normal_equations
+from ._multilevel import LEAST_LEAVE_ONE_OUT_ROOM
 from ._tree import PartitionTree
 
 # The search's first basis: the highest total degree whose basis has at
@@ -50,12 +52,19 @@ from ._tree import PartitionTree
 # M = 1000.
 TOTAL_DEGREE_BASIS = 500
 ANISOTROPIC_BASIS = 1000
-# Neither basis has more than this many functions per row (at least
-# MIN_BASIS): a prior lets a basis outgrow the rows, but the functions the
-# rows cannot tell apart only cost time (on 100 rows of a 3-D target, 1000
-# functions gave the error of 455).
+# Neither basis has more than BASIS_PER_ROW functions per row, nor more
+# than one per two rows below FEW_ROWS rows (the total-degree basis has
+# degree 1 at least). A prior lets a basis outgrow the rows: the functions
+# the rows do not determine keep their prior variance, which the
+# predictive variance between the rows needs (100 rows of a 3-D target:
+# with 84 functions, 0.89 of new observations within 2 std; with 400, 0.94;
+# on 1000 rows in 7-D, 500 functions gave 1.4 times the error of 1000).
+# But few rows leave wide margins of the box between the outermost rows and
+# its edges, where the evidence cannot tell how fast high degrees decay and
+# they grow fast (10 rows in 1-D: degree 23 gave an error of 5 at the
+# edges, degree 3 0.04).
 BASIS_PER_ROW = 4
-MIN_BASIS = 30
+FEW_ROWS = 50
 MAX_DEGREE = 24
 # Rates above exp(-MIN_DECAY) count as exp(-MIN_DECAY) when the anisotropic
 # set is drawn (a rate of 1 or more would give a feature no degree bound).
@@ -69,12 +78,31 @@ EVIDENCE_ROWS = 10_000
 # bounds that no smooth target reaches.
 MIN_NOISE = 1e-12
 LOG_AMPLITUDE_BOUNDS = (-20.0, 10.0)
-LOG_RATE_BOUNDS = (-20.0, 2.0)
+LOG_RATE_BOUNDS = (-20.0, 0.0)  # decay: a rate above 1 is no prior of a smooth target
+# Per-feature rates (automatic relevance determination) only with at least
+# this many rows per hyperparameter; fewer rows share one rate: the
+# evidence of d + 2 hyperparameters on a handful of rows interpolates them
+# (30 features, 15 rows: a noise variance at its floor, and 2-std bands
+# that held none of the test targets).
+ROWS_PER_HYPERPARAMETER = 5
+# The Gram matrix gets this much of its rows' count added to its diagonal
+# (``_with_round_off_ridge``): formed from
+# moments its round-off leaves eigenvalues of ~-1e-11 relative, which a
+# prior that barely constrains a direction would not lift (the search then
+# failed at its first step and stopped at its start).
+ROUND_OFF_RIDGE = 1e-10
 # Starting noise variances of the first search (the evidence can have a
 # local optimum that explains the data as noise).
 START_NOISES = (1e-1, 1e-4, 1e-8)
 START_RATE = 0.3
+# L-BFGS-B stops after MAX_ITERATIONS, or once an iteration changes the
+# negative log evidence by less than SEARCH_FTOL of it (its scale is the
+# rows': 1e-7 of 1e4 nats is 1e-3, far below what tells two priors apart).
 MAX_ITERATIONS = 200
+SEARCH_FTOL = 1e-7
+# Prior variances are at least sigma^2 exp(-MAX_LOG_RIDGE) (the ridge
+# sigma^2 / lambda stays finite).
+MAX_LOG_RIDGE = 700.0
 
 
 @dataclass
@@ -95,9 +123,6 @@ class Prior:
     def noise(self):
         return float(np.exp(self.log_noise))
 
-    def theta(self):
-        return np.concatenate([[self.log_amplitude, self.log_noise], self.log_rates])
-
     @classmethod
     def from_theta(cls, theta):
         return cls(float(theta[0]), float(theta[1]), np.array(theta[2:], dtype=float))
@@ -105,7 +130,7 @@ class Prior:
 
 def basis_budget(limit, n_rows):
     """The most functions a basis may have for ``n_rows`` rows."""
-    return min(limit, max(BASIS_PER_ROW * n_rows, MIN_BASIS))
+    return min(limit, BASIS_PER_ROW * n_rows if n_rows >= FEW_ROWS else n_rows // 2)
 
 
 def total_degree_basis(n_features, size=TOTAL_DEGREE_BASIS):
@@ -123,47 +148,58 @@ def anisotropic_basis(log_rates, size=ANISOTROPIC_BASIS):
     that keeps at most ``size`` of them (an ``IndexSetBasis``). Features
     whose coefficients decay fast get low degrees; those the target ignores
     (r_j -> 0) none."""
+    size = max(size, 1)  # the constant
     decay = np.maximum(-np.asarray(log_rates, dtype=float), MIN_DECAY)
-    order = np.argsort(decay)  # slow decay first: the enumeration stays shallow
+    order = np.argsort(decay, kind="stable")  # slow decay first
+    sorted_decay = decay[order]
 
     def indices(level, limit):
-        """The set at level L, or None if it has more than ``limit``."""
-        found = []
+        """The set at level L (columns: features in ``order``), or None if
+        it has more than ``limit``: depth first, on an explicit stack (a
+        level per feature that can take degree 1), each index kept as its
+        non-zero (position, power) pairs."""
+        depth = int(np.searchsorted(sorted_decay, level, side="right"))
+        found, stack = [], [(0, 0.0, ())]
+        while stack:
+            position, used, nonzero = stack.pop()
+            if position == depth:
+                found.append(nonzero)
+                if len(found) > limit:
+                    return None
+                continue
+            w = sorted_decay[position]
+            top = min(MAX_DEGREE, int((level - used) / w + 1e-9))
+            stack.extend((position + 1, used + power * w,
+                          nonzero + ((position, power),) if power else nonzero)
+                         for power in range(top, -1, -1))
+        powers = np.zeros((len(found), depth), dtype=np.int64)
+        for row, nonzero in enumerate(found):
+            for position, power in nonzero:
+                powers[row, position] = power
+        return powers
 
-        def extend(prefix, feature, budget):
-            if len(found) > limit:
-                return
-            if feature == decay.size:
-                found.append(prefix)
-                return
-            w = decay[order[feature]]
-            for power in range(min(MAX_DEGREE, int(budget / w + 1e-9)) + 1):
-                extend(prefix + (power,), feature + 1, budget - power * w)
-
-        extend((), 0, level)
-        return None if len(found) > limit else found
-
-    low, high = 0.0, float(decay.max() * MAX_DEGREE * decay.size)
+    low, high = 0.0, float(sorted_decay[-1] * MAX_DEGREE * decay.size)
     for _ in range(30):  # bisection on L
         middle = 0.5 * (low + high)
         if indices(middle, size) is None:
             high = middle
         else:
             low = middle
-    powers = np.empty((0, decay.size), dtype=np.int64)
     found = indices(low, size)
-    powers = np.zeros((len(found), decay.size), dtype=np.int64)
-    powers[:, order] = np.array(found, dtype=np.int64)
+    powers = np.zeros((found.shape[0], decay.size), dtype=np.int64)
+    powers[:, order[:found.shape[1]]] = found
     return IndexSetBasis.from_powers(powers)
 
 
 @dataclass
 class NormalEquations:
-    """G (M, M), b (M, T), sum_d s_d y_d^2 per output (T,) and the weight
-    n = sum_d s_d (``rows``), with the sample weights scaled by ``scale``
-    to sum to the number of distinct rows (out of core, of rows): an
-    integer weight then equals repeating the row, and scaling all weights
-    changes nothing (``TrainingData.n_distinct``)."""
+    """G (M, M) (with ROUND_OFF_RIDGE), b (M, T), sum_d s_d y_d^2 per
+    output (T,) and the number of rows n (``rows``), with the sample
+    weights scaled by ``scale`` so that their capped values
+    (``TrainingData.capped_weight``) have a mean of 1 (out of core, the
+    weights themselves): s_d is row d's precision relative to 1 / sigma^2,
+    the weights' overall scale changes nothing, and an integer weight
+    equals repeating the row (``prepare`` merges equal rows)."""
 
     gram: np.ndarray
     rhs: np.ndarray
@@ -180,14 +216,19 @@ def root_normal_equations(data, basis, threads):
     n_features = data.X.shape[1]
     box = np.zeros((1, n_features)), np.ones((1, n_features))
     out_of_core = getattr(data, "out_of_core", False)
-    rows = data.n_samples if out_of_core else data.n_distinct
-    scale = rows / threads.total(data.sample_weight)
+    rows = data.n_samples
+    if out_of_core:
+        scale = rows / threads.total(data.sample_weight)
+    else:
+        scale = rows / data.capped_weight.sum()
     if isinstance(basis, Basis) and not out_of_core:
         weights = scale * data.sample_weight
         gram, rhs = normal_equations(
             data.X, data.Y, weights, np.ones((data.n_samples, 1)), *box, basis, threads
         )
-        return NormalEquations(gram[0], rhs[0], weights @ data.Y**2, float(rows), scale)
+        return _with_round_off_ridge(
+            NormalEquations(gram[0], rhs[0], weights @ data.Y**2, float(rows), scale)
+        )
 
     def block(X, Y, sample_weight):
         weights = scale * sample_weight
@@ -197,11 +238,26 @@ def root_normal_equations(data, basis, threads):
         return gram, rhs, weights @ Y**2
 
     gram, rhs, squares = threads.sum(block, data.X, data.Y, data.sample_weight)
-    return NormalEquations(mirror_upper(gram)[0], rhs[0], squares, float(rows), scale)
+    return _with_round_off_ridge(
+        NormalEquations(mirror_upper(gram)[0], rhs[0], squares, float(rows), scale)
+    )
 
 
-def _negative_log_evidence(theta, equations, powers):
-    """-log p(y | theta) (up to a constant) and its gradient in theta.
+def _with_round_off_ridge(equations):
+    """G + ROUND_OFF_RIDGE n I: n the rows, the diagonal of G for rows of
+    capped weight 1 spread over the box (the basis is orthonormal there);
+    not G's own diagonal, which one row of huge weight would inflate
+    until the ridge drowned the other rows."""
+    gram = equations.gram
+    gram[np.diag_indices_from(gram)] += ROUND_OFF_RIDGE * equations.rows
+    return equations
+
+
+def _negative_log_evidence(theta, equations, powers, rate_powers):
+    """-log p(y | theta) (up to a constant) and its gradient in theta =
+    (log A, log sigma^2, log rates), the rates' exponents ``rate_powers``
+    (M, k): the multi-indices (a rate per feature) or their total degrees
+    (one shared rate).
 
     With A = G + sigma^2 Lambda^-1 = L L^T, m = A^-1 b the posterior mean,
     Sigma = sigma^2 A^-1 its covariance and R = sum_d s_d |y_d - phi_d^T m|^2:
@@ -211,148 +267,201 @@ def _negative_log_evidence(theta, equations, powers):
         d nle / d log lambda_m = (1 - (Sigma_mm + m_m^2) / lambda_m) / 2
         d nle / d log sigma^2  = (n - R / sigma^2 - gamma) / 2,
         gamma = M - sum_m Sigma_mm / lambda_m  (the parameters the data determine).
+
+    Prior variances below sigma^2 e^-700 are held there (their ridge would
+    overflow), value and gradient alike.
     """
-    prior = Prior.from_theta(theta)
-    log_var = prior.log_variances(powers)
-    noise = prior.noise
+    log_amplitude, log_noise = theta[0], theta[1]
+    raw_log_var = log_amplitude + rate_powers @ theta[2:]
+    floor = log_noise - MAX_LOG_RIDGE
+    clamped = raw_log_var < floor
+    log_var = np.where(clamped, floor, raw_log_var)
+    noise = np.exp(log_noise)
     n_basis = powers.shape[0]
     n_targets = equations.rhs.shape[1]
-    ridge = np.exp(np.minimum(prior.log_noise - log_var, 700.0))
-    matrix = equations.gram + np.diag(ridge)
+    ridge = np.exp(log_noise - log_var)
     try:
-        factor = np.linalg.cholesky(matrix)
+        factor = np.linalg.cholesky(equations.gram + np.diag(ridge))
+        inverse_factor = _inverse_lower(factor)
     except np.linalg.LinAlgError:
         return np.inf, np.zeros_like(theta)
     mean = cho_solve((factor, True), equations.rhs)
-    inverse_factor = _inverse_lower(factor)
     inverse_diagonal = np.einsum("ij,ij->j", inverse_factor, inverse_factor)
     fitted = (equations.rhs * mean).sum(axis=0)
     residual = equations.squares - fitted  # R + sigma^2 m^T Lambda^-1 m, per output
     log_det = 2.0 * np.log(np.diag(factor)).sum()
     value = 0.5 * (residual.sum() / noise + n_targets * (
-        log_det + (equations.rows - n_basis) * prior.log_noise + log_var.sum()
+        log_det + (equations.rows - n_basis) * log_noise + log_var.sum()
     ))
     # Sigma_mm / lambda_m = ridge_m * A^-1_mm; m_m^2 / lambda_m summed over outputs
     shrunk = ridge * inverse_diagonal
     explained = (mean**2).sum(axis=1) * ridge / noise
     grad_log_var = 0.5 * (n_targets * (1.0 - shrunk) - explained)
-    weighted_residual = residual.sum() - noise * (explained.sum())
+    weighted_residual = residual.sum() - noise * explained.sum()
     gamma = n_basis - shrunk.sum()
     grad_log_noise = 0.5 * (n_targets * (equations.rows - gamma) - weighted_residual / noise)
-    gradient = np.concatenate([[grad_log_var.sum(), grad_log_noise], powers.T @ grad_log_var])
+    grad_log_noise += grad_log_var[clamped].sum()  # held at log sigma^2 - MAX_LOG_RIDGE
+    grad_log_var[clamped] = 0.0
+    gradient = np.concatenate(
+        [[grad_log_var.sum(), grad_log_noise], rate_powers.T @ grad_log_var]
+    )
     return float(value), gradient
 
 
 def _inverse_lower(factor):
     """L^-1 of a lower-triangular L (LAPACK trtri: a third of the flops of a
     triangular solve with the identity)."""
-    inverse, info = lapack.dtrtri(factor, lower=1)
+    inverse, info = lapack.dtrtri(factor, lower=1)  # L's zero upper triangle stays zero
     if info != 0:
         raise np.linalg.LinAlgError("singular Cholesky factor")
-    return np.tril(inverse)
+    return inverse
 
 
-def maximize_evidence(equations, basis, start=None):
-    """The ``Prior`` of greatest evidence for these normal equations, from
-    ``start`` (a ``Prior``) or from START_NOISES, and its negative log
-    evidence (inf if every start was singular)."""
+def shares_rates(n_features, n_rows):
+    """Whether ``n_rows`` rows get one rate for all features (too few rows
+    per hyperparameter for one per feature: ROWS_PER_HYPERPARAMETER)."""
+    return n_rows < ROWS_PER_HYPERPARAMETER * (n_features + 2)
+
+
+def maximize_evidence(equations, basis, start=None, shared=False):
+    """The ``Prior`` of greatest evidence for these normal equations, and
+    its negative log evidence; one rate for all features if ``shared``.
+
+    L-BFGS-B from ``start`` (a ``Prior``), or from each of START_NOISES.
+    If every start fails (a singular system at every start, which the
+    round-off ridge should prevent), the first start is returned, with an
+    infinite negative log evidence.
+    """
     powers = basis.powers.astype(float)
     n_features = basis.n_features
+    rate_powers = powers.sum(axis=1, keepdims=True) if shared else powers
+    n_rates = rate_powers.shape[1]
     bounds = ([LOG_AMPLITUDE_BOUNDS, (np.log(MIN_NOISE), np.log(10.0))]
-              + [LOG_RATE_BOUNDS] * n_features)
+              + [LOG_RATE_BOUNDS] * n_rates)
     if start is not None:
-        starts = [start.theta()]
+        rates = [np.mean(start.log_rates)] if shared else start.log_rates
+        starts = [np.concatenate([[start.log_amplitude, start.log_noise], rates])]
     else:
-        starts = [np.concatenate([[0.0, np.log(noise)], np.full(n_features, np.log(START_RATE))])
+        starts = [np.concatenate([[0.0, np.log(noise)], np.full(n_rates, np.log(START_RATE))])
                   for noise in START_NOISES]
     best = None
     for theta in starts:
-        result = minimize(_negative_log_evidence, theta, args=(equations, powers),
+        theta = np.clip(theta, *np.array(bounds).T)
+        result = minimize(_negative_log_evidence, theta, args=(equations, powers, rate_powers),
                           jac=True, method="L-BFGS-B", bounds=bounds,
-                          options={"maxiter": MAX_ITERATIONS})
+                          options={"maxiter": MAX_ITERATIONS, "ftol": SEARCH_FTOL})
         if np.isfinite(result.fun) and (best is None or result.fun < best.fun):
             best = result
-    if best is None:
-        return Prior(0.0, np.log(10.0), np.full(n_features, np.log(START_RATE))), np.inf
-    return Prior.from_theta(best.x), float(best.fun)
+    theta, value = (starts[0], np.inf) if best is None else (best.x, float(best.fun))
+    log_rates = np.broadcast_to(theta[2:], (n_features,)) if shared else theta[2:]
+    return Prior(float(theta[0]), float(theta[1]), np.array(log_rates, dtype=float)), value
 
 
 def search(data, threads):
     """The root's basis and ``Prior``: the evidence's maximum on the
     total-degree basis, then on the anisotropic set its rates draw
     (``anisotropic_basis``), whichever has the greater evidence (Bayesian
-    model selection between the two bases). On at most EVIDENCE_ROWS rows."""
-    if data.n_samples > EVIDENCE_ROWS:
+    model selection between the two bases). On at most EVIDENCE_ROWS rows;
+    also returns the chosen basis's ``NormalEquations`` where those were
+    all the rows (else None)."""
+    subset = data.n_samples > EVIDENCE_ROWS
+    if subset:
         data = data.rows(np.linspace(0, data.n_samples - 1, EVIDENCE_ROWS).astype(np.intp))
-    n_rows = data.n_distinct
-    basis = total_degree_basis(data.X.shape[1], basis_budget(TOTAL_DEGREE_BASIS, n_rows))
-    prior, value = maximize_evidence(root_normal_equations(data, basis, threads), basis)
+    n_features, n_rows = data.X.shape[1], data.n_distinct
+    shared = shares_rates(n_features, data.n_samples)
+    basis = total_degree_basis(n_features, basis_budget(TOTAL_DEGREE_BASIS, n_rows))
+    equations = root_normal_equations(data, basis, threads)
+    prior, value = maximize_evidence(equations, basis, shared=shared)
     shaped = anisotropic_basis(prior.log_rates, basis_budget(ANISOTROPIC_BASIS, n_rows))
-    if set(shaped.powers_key) == set(map(tuple, basis.powers.tolist())):
-        return basis, prior
-    shaped_prior, shaped_value = maximize_evidence(
-        root_normal_equations(data, shaped, threads), shaped, prior
-    )
-    if shaped_value < value:
-        return shaped, shaped_prior
-    return basis, prior
+    if set(shaped.powers_key) != set(map(tuple, basis.powers.tolist())):
+        shaped_equations = root_normal_equations(data, shaped, threads)
+        shaped_prior, shaped_value = maximize_evidence(shaped_equations, shaped, prior, shared)
+        if shaped_value < value:
+            basis, prior, equations = shaped, shaped_prior, shaped_equations
+    return basis, prior, None if subset else equations
 
 
 def posterior(equations, prior, basis):
     """Posterior mean (M, T) and the Cholesky factor L of
     A = G + sigma^2 Lambda^-1 (the covariance is sigma^2 A^-1)."""
-    log_var = prior.log_variances(basis.powers.astype(float))
-    ridge = np.exp(np.minimum(prior.log_noise - log_var, 700.0))
+    ridge = np.exp(np.minimum(prior.log_noise - prior.log_variances(basis.powers),
+                              MAX_LOG_RIDGE))
     factor = np.linalg.cholesky(equations.gram + np.diag(ridge))
     return cho_solve((factor, True), equations.rhs), factor
 
 
-def residuals_and_leverages(factor, rows, basis, coef, scale):
-    """Residuals (n, T) and leverages (n,) at ``rows`` (a ``TrainingData``
-    of rows the root was fitted on): h_d = s_d phi_d^T A^-1 phi_d, with s_d
-    the weight scaled as in the fit; the error without row d is
-    r_d / (1 - h_d) with the prior held fixed (as for ridge regression)."""
+def leave_one_out(factor, rows, basis, coef, prior, scale, all_rows):
+    """Residuals r (n, T) and 1 - h (n,) at ``rows`` (a ``TrainingData`` of
+    rows the root was fitted on, all of them if ``all_rows``), h_d the
+    leverage s_d phi_d^T A^-1 phi_d (s_d the weight scaled as in the fit):
+    the error without row d is r_d / (1 - h_d), the prior held fixed (as for
+    ridge regression).
+
+    Where the rows are all the rows and no more than the basis functions
+    (an interpolating fit: h -> 1), 1 - h comes from the Gaussian-process
+    form K = Phi Lambda Phi^T + sigma^2 S^-1 of the same model instead,
+    1 - h_d = sigma^2 / s_d [K^-1]_dd and r_d = sigma^2 / s_d [K^-1 y]_d
+    (Rasmussen & Williams 2006, eq. 5.12): 1 - h by subtraction would lose
+    all its digits there. Otherwise from the factor L of A.
+    """
     design = basis_values(rows.X, basis)
+    weights = scale * rows.sample_weight
+    if all_rows and rows.n_samples <= basis.size:
+        covariance = (design * np.exp(prior.log_variances(basis.powers))) @ design.T
+        covariance[np.diag_indices_from(covariance)] += prior.noise / weights
+        try:
+            inverse = np.linalg.inv(covariance)
+            room = prior.noise / weights * np.diag(inverse)
+            if np.all(room > 0):
+                return (prior.noise / weights)[:, None] * (inverse @ rows.Y), room
+        except np.linalg.LinAlgError:
+            pass
     whitened = solve_triangular(factor, design.T, lower=True, check_finite=False)
-    leverages = scale * rows.sample_weight * np.einsum("ij,ij->j", whitened, whitened)
-    return rows.Y - design @ coef, leverages
+    leverages = weights * np.einsum("ij,ij->j", whitened, whitened)
+    return rows.Y - design @ coef, np.maximum(1.0 - leverages, LEAST_LEAVE_ONE_OUT_ROOM)
 
 
 def root_tree(data, gates, threads):
     """The Bayesian root fitted to ``data``: a one-node ``PartitionTree``
     with the ``search``'s basis, its ``prior`` and the posterior mean as
     the expert."""
-    basis, prior = search(data, threads)
+    basis, prior, equations = search(data, threads)
     tree = PartitionTree(basis, gates)
     tree.prior = prior
-    equations = root_normal_equations(data, basis, threads)
+    if equations is None:  # the search saw some of the rows
+        equations = root_normal_equations(data, basis, threads)
     _set_posterior(tree, equations, prior)
     return tree
 
 
 def refit(tree, data, threads, calibration=None):
     """The Bayesian root's final fit on all rows of ``data``: the evidence
-    maximized again from the tree's ``prior`` (with every row), the
-    posterior mean, the noise variance and the coefficients' posterior
-    covariance (for ``predict(return_std=True)``). Returns the residuals
-    (n, T) and leverages (n,) at the rows ``calibration`` (or None), for
-    the leave-one-out calibration of the predictive variance
+    maximized again from the tree's ``prior`` (with every row; the search's
+    prior stays if that fails), the posterior mean, the noise variance and
+    the coefficients' posterior covariance (for
+    ``predict(return_std=True)``). Returns the residuals (n, T) and
+    1 - leverage (n,) at the rows ``calibration`` (``leave_one_out``; or
+    None), for the leave-one-out calibration of the predictive variance
     (``skpou._multilevel.calibrate_to_leave_one_out``)."""
     equations = root_normal_equations(data, tree.basis, threads)
-    prior, _ = maximize_evidence(equations, tree.basis, start=tree.prior)
-    tree.prior = prior
-    factor = _set_posterior(tree, equations, prior)
+    prior, value = maximize_evidence(
+        equations, tree.basis, tree.prior, shares_rates(tree.basis.n_features, data.n_samples)
+    )
+    if np.isfinite(value):
+        tree.prior = prior
+    factor = _set_posterior(tree, equations, tree.prior)
     n_targets = equations.rhs.shape[1]
-    tree.noise_var = np.full((1, n_targets), prior.noise)
+    tree.noise_var = np.full((1, n_targets), tree.prior.noise)
     inverse_factor = _inverse_lower(factor)
-    covariance = prior.noise * (inverse_factor.T @ inverse_factor)
+    covariance = tree.prior.noise * (inverse_factor.T @ inverse_factor)
     tree.coef_cov = np.broadcast_to(
         covariance, (1, n_targets) + covariance.shape
     ).copy()
     if calibration is None:
         return None
-    return residuals_and_leverages(
-        factor, calibration, tree.basis, tree.levels[0].coef[0], equations.scale
+    return leave_one_out(
+        factor, calibration, tree.basis, tree.levels[0].coef[0], tree.prior, equations.scale,
+        calibration.n_samples == data.n_samples,
     )
 
 

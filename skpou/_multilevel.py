@@ -494,10 +494,12 @@ def calibrate_variance(tree, data, include_spread, threads):
     return squared / np.maximum(variance, np.finfo(float).tiny)
 
 
-def calibrate_to_leave_one_out(tree, calibration, residuals, leverages):
+def calibrate_to_leave_one_out(tree, calibration, residuals, room):
     """The factor (T,) that makes the predictive variance match the
-    polish's leave-one-out errors at the rows ``calibration`` (a
-    ``TrainingData``; ``residuals`` (n, T), ``leverages`` (n,)), row by row.
+    leave-one-out errors of the polish (or of the Bayesian root) at the
+    rows ``calibration`` (a ``TrainingData``; ``residuals`` (n, T),
+    ``room`` = 1 - h (n,), h the leverages, at least
+    LEAST_LEAVE_ONE_OUT_ROOM where computed by subtraction), row by row.
 
     Row d's leave-one-out error e_d = r_d / (1 - h_d) (residual r, leverage
     h) is the error of a fit that did not see it, whose predictive variance
@@ -518,8 +520,7 @@ def calibrate_to_leave_one_out(tree, calibration, residuals, leverages):
     see their overfitting.
     """
     _, noise = tree.moments(calibration.X, tree.finest, tree.noise_var, False)
-    room = np.maximum(1.0 - leverages, LEAST_LEAVE_ONE_OUT_ROOM)[:, None]
-    standardized = residuals**2 / (room * np.maximum(noise, MIN_NOISE_VAR))
+    standardized = residuals**2 / (room[:, None] * np.maximum(noise, MIN_NOISE_VAR))
     weight = calibration.capped_weight
     return weight @ standardized / weight.sum()
 

@@ -65,7 +65,8 @@ class Level:
 class PartitionTree:
     """Levels of nested soft partitions with one polynomial expert per node.
 
-    ``basis`` (``skpou._basis.Basis``) is every expert's basis; ``gates``
+    ``basis`` (``skpou._basis.Basis``, or for the Bayesian root an
+    ``IndexSetBasis``) is every expert's basis; ``gates``
     the gate family (``skpou._gates.GateFamily``). Set after training, for
     predictions: ``noise_var`` (K, T), the finest experts' noise variances;
     ``coef_cov`` (K, T, M, M), their coefficient covariances (or None);

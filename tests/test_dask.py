@@ -83,6 +83,23 @@ def test_fit_equals_numpy_fit_when_all_rows_are_in_the_em_subsample(client):
         assert on_dask.n_features_in_ == 2 and on_dask.n_outputs_ == targets.ndim
 
 
+def test_bayesian_root_out_of_core_equals_the_numpy_fit(client):
+    # early_stopping=False: the Bayesian root is the fit. Its search runs on
+    # the rows drawn into memory (all of them here), its final fit streams
+    # the chunks (the kernel's normal equations, against moments in memory).
+    X, y = sample(3_000, seed=5, noise=0.01)
+    w = np.random.default_rng(6).uniform(0.5, 2.0, X.shape[0])
+    X_test, _ = sample(2_000, seed=7)
+    params = dict(early_stopping=False, random_state=0)
+    in_memory = HierarchicalPOURegressor(**params).fit(X, y, w)
+    on_dask = HierarchicalPOURegressor(**params).fit(
+        chunked(X, 1_000), chunked(y, 1_000), chunked(w, 1_000))
+    assert in_memory.tree_.prior is not None and on_dask.tree_.prior is not None
+    for got, want in zip(on_dask.predict(X_test, return_std=True),
+                         in_memory.predict(X_test, return_std=True)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8 * np.abs(want).max())
+
+
 def test_a_small_em_subsample_does_not_make_a_fixed_tree_underdetermined(client):
     # Out of core, the distinct rows are counted in the EM subsample only;
     # all 2000 rows determine the 96 unknowns, 60 would not.

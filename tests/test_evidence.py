@@ -1,8 +1,11 @@
 """The Bayesian root (skpou._evidence): its evidence, basis and fit."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
+from sklearn.exceptions import ConvergenceWarning
 
 from skpou import HierarchicalPOURegressor
 from skpou import _evidence
@@ -29,12 +32,14 @@ def test_evidence_is_the_gaussian_process_likelihood_and_its_gradient_exact(thet
     basis = Basis(2, 6)
     with local_threads(1) as threads:
         equations = _evidence.root_normal_equations(TrainingData(X, Y, weight), basis, threads)
-    theta = np.array(theta)
-    value, gradient = _evidence._negative_log_evidence(theta, equations, basis.powers.astype(float))
-    # the same model as a Gaussian process over the rows: y ~ N(0, P Lambda P^T + sigma^2 / s)
-    prior = _evidence.Prior.from_theta(theta)
     design = basis_values(X, basis)
     scaled = equations.scale * weight
+    equations.gram = design.T @ (scaled[:, None] * design)  # without the round-off ridge
+    theta = np.array(theta)
+    powers = basis.powers.astype(float)
+    value, gradient = _evidence._negative_log_evidence(theta, equations, powers, powers)
+    # the same model as a Gaussian process over the rows: y ~ N(0, P Lambda P^T + sigma^2 / s)
+    prior = _evidence.Prior.from_theta(theta)
     covariance = (design * np.exp(prior.log_variances(basis.powers))) @ design.T
     covariance += np.diag(prior.noise / scaled)
     direct = sum(0.5 * (y @ np.linalg.solve(covariance, y) + np.linalg.slogdet(covariance)[1])
@@ -42,7 +47,7 @@ def test_evidence_is_the_gaussian_process_likelihood_and_its_gradient_exact(thet
     # the two differ by the constant sum_d log(s_d) / 2 per output
     assert value == pytest.approx(direct + np.log(scaled).sum(), rel=1e-10)
     numeric = approx_fprime(
-        theta, lambda t: _evidence._negative_log_evidence(t, equations, basis.powers.astype(float))[0],
+        theta, lambda t: _evidence._negative_log_evidence(t, equations, powers, powers)[0],
         1e-6,
     )
     np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-4)
@@ -75,7 +80,9 @@ def test_index_set_basis_is_what_the_kernels_evaluate():
         tree = _evidence.root_tree(TrainingData(X, Y, np.ones(50)), make_gate("linear", (), 0.3),
                                    threads)
     design = basis_values(X, basis)
-    np.testing.assert_allclose(equations.gram, design.T @ design, rtol=1e-12, atol=1e-12)
+    exact = design.T @ design
+    exact[np.diag_indices_from(exact)] += _evidence.ROUND_OFF_RIDGE * 50
+    np.testing.assert_allclose(equations.gram, exact, rtol=1e-12, atol=1e-12)
     mean, _ = tree.moments(X, 0, np.zeros((1, 1)), False)
     np.testing.assert_allclose(mean, basis_values(X, tree.basis) @ tree.levels[0].coef[0],
                                rtol=1e-12, atol=1e-12)
@@ -89,18 +96,19 @@ def test_leave_one_out_errors_equal_refits_without_the_row():
         equations = _evidence.root_normal_equations(data, basis, threads)
         prior, _ = _evidence.maximize_evidence(equations, basis)
         mean, factor = _evidence.posterior(equations, prior, basis)
-        residuals, leverages = _evidence.residuals_and_leverages(
-            factor, data, basis, mean, equations.scale)
+        residuals, room = _evidence.leave_one_out(
+            factor, data, basis, mean, prior, equations.scale, all_rows=False)
         for d in (0, 17, 39):
             keep = np.arange(40) != d
-            # the prior held fixed, the weights' scale too
+            # the prior, the weights' scale and the round-off ridge held fixed
+            full = basis_values(X, basis) * (equations.scale * weight)[:, None]
+            ridge = equations.gram - basis_values(X, basis).T @ full
             without = _evidence.root_normal_equations(data.rows(keep), basis, threads)
-            design = basis_values(X[keep], basis) * (equations.scale * weight[keep])[:, None]
-            without.gram = basis_values(X[keep], basis).T @ design
-            without.rhs = design.T @ Y[keep]
+            without.gram = basis_values(X[keep], basis).T @ full[keep] + ridge
+            without.rhs = full[keep].T @ Y[keep]
             refit, _ = _evidence.posterior(without, prior, basis)
             error = Y[d] - basis_values(X[d:d + 1], basis) @ refit
-            np.testing.assert_allclose(residuals[d] / (1 - leverages[d]), error[0], rtol=1e-8)
+            np.testing.assert_allclose(residuals[d] / room[d], error[0], rtol=1e-8)
 
 
 def test_bayesian_root_beats_least_squares_on_small_noisy_data():
@@ -175,3 +183,93 @@ def test_outputs_share_the_prior():
     # equal up to the search's convergence (its path differs with the sums)
     np.testing.assert_allclose(twice.predict(X_test), np.c_[one.predict(X_test), one.predict(X_test)],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("start_noise", _evidence.START_NOISES)
+def test_every_start_of_the_search_moves_and_converges(start_noise, monkeypatch):
+    # Formed from moments, G has round-off eigenvalues of ~-1e-11; without
+    # the round-off ridge the first step of a search failed its Cholesky
+    # and L-BFGS-B stopped at the start (values 146 to 1.8e6 against -75).
+    X, Y, _ = noisy_rows(200, noise=0.0)
+    basis = _evidence.total_degree_basis(2, 200)
+    with local_threads(1) as threads:
+        equations = _evidence.root_normal_equations(TrainingData(X, Y, np.ones(200)), basis,
+                                                    threads)
+    monkeypatch.setattr(_evidence, "START_NOISES", (start_noise,))
+    prior, value = _evidence.maximize_evidence(equations, basis)
+    monkeypatch.undo()
+    _, best = _evidence.maximize_evidence(equations, basis)
+    assert np.isfinite(value) and prior.log_noise != pytest.approx(np.log(start_noise))
+    assert value <= best + 0.05 * abs(best)
+
+
+def test_a_polynomial_target_keeps_its_exact_one_expert_tree():
+    # least squares reproduces the cubic to round-off; the root's prior and
+    # noise floor leave 1e-20: more than ONE_EXPERT_MARGIN times worse
+    X = np.random.default_rng(0).uniform(-1, 1, (200, 1))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, X[:, 0] ** 3 - X[:, 0])
+    root = model.refinement_path_[-1]
+    assert root["kind"] == "bayesian root" and not root["kept"]
+    assert model.tree_.prior is None and model.degree_ == 3
+
+
+def test_few_rows_keep_a_low_degree_that_does_not_blow_up_at_the_box_edges():
+    # 10 rows spanning [0.22, 0.93] of [0, 1]: a degree-8 root gave an error
+    # of 0.5 (a mean of -27 at x = 0); few rows get at most one function per
+    # two rows
+    rng = np.random.default_rng(0)
+    rng.uniform(0, 1, 13)  # the draw the case was found with
+    X = rng.uniform(0, 1, (10, 1))
+    y = np.sin(3 * X[:, 0]) + 0.05 * rng.standard_normal(10)
+    X_test = np.linspace(0, 1, 201)[:, None]
+    mean, std = HierarchicalPOURegressor(random_state=0).fit(X, y).predict(X_test, return_std=True)
+    error = np.sqrt(np.mean((mean - np.sin(3 * X_test[:, 0])) ** 2))
+    assert error < 0.1 and np.mean(np.abs(mean - np.sin(3 * X_test[:, 0])) <= 2 * std) > 0.8
+
+
+@pytest.mark.parametrize("weight", [1e3, 1e12])
+def test_one_huge_weight_does_not_drown_the_other_rows(weight):
+    # the round-off ridge scales with the rows, not with G's diagonal (which
+    # one weight of 1e12 made 1e12 times larger: test RMSE 0.3, std 2e3)
+    rng = np.random.default_rng(1)
+    target = lambda X: np.sin(3 * X[:, 0]) * np.cos(2 * X[:, 1])
+    X, X_test = rng.uniform(0, 1, (60, 2)), rng.uniform(0, 1, (2000, 2))
+    y = target(X) + 0.05 * rng.standard_normal(60)
+    w = np.ones(60)
+    w[7] = weight
+    model = HierarchicalPOURegressor(random_state=0).fit(X, y, sample_weight=w)
+    mean, std = model.predict(X_test, return_std=True)
+    assert model.tree_.prior is not None
+    assert np.sqrt(np.mean((mean - target(X_test)) ** 2)) < 0.05
+    assert 0.03 < np.mean(std) < 0.1  # the noise is 0.05
+
+
+def test_replicated_measurements_count_as_rows():
+    # 30 inputs measured 100 times each: counted as 30 rows, the prior
+    # weighed 100 times too much (test RMSE 0.011-0.019; as rows, 0.0025)
+    rng = np.random.default_rng(2)
+    X = np.repeat(rng.uniform(0, 1, (30, 1)), 100, axis=0)
+    y = np.sin(3 * X[:, 0]) + 0.05 * rng.standard_normal(3000)
+    model = HierarchicalPOURegressor(random_state=0).fit(X, y)
+    X_test = np.linspace(0.05, 0.95, 200)[:, None]
+    assert model.tree_.prior is not None
+    assert np.sqrt(np.mean((model.predict(X_test) - np.sin(3 * X_test[:, 0])) ** 2)) < 0.006
+
+
+def test_thousands_of_features_do_not_recurse():
+    basis = _evidence.anisotropic_basis(np.log(np.r_[0.5, np.full(1499, 0.01)]), 40)
+    assert basis.n_features == 1500 and basis.powers[:, 1:].max() == 0 and basis.size == 7
+
+
+def test_a_warm_start_after_the_bayesian_root_fits_afresh_and_says_nothing():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (300, 3))
+    y = tanh_cos_exp(X) + 0.003 * rng.standard_normal(300)
+    X_test = rng.uniform(0, 1, (500, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fresh = HierarchicalPOURegressor(random_state=0).fit(X, y)
+        warm = HierarchicalPOURegressor(random_state=0, warm_start=True).fit(X, y).fit(X, y)
+    assert fresh.tree_.prior is not None and fresh.converged_
+    assert all(step["kind"] != "warm start" for step in warm.refinement_path_)
+    np.testing.assert_array_equal(warm.predict(X_test), fresh.predict(X_test))
