@@ -79,9 +79,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         a prior chosen by the evidence, user guide "The Bayesian root"),
         which wins unless the tree's held-out error is 10% below the
         root's (for a tree of one partition: half the root's); without
-        held-out rows
-        (``early_stopping=False``) the Bayesian root is the fit. A tuple
-        fixes the tree, as in the paper:
+        held-out rows (``early_stopping=False``) the Bayesian root is the
+        fit. A tuple fixes the tree, as in the paper:
         children per node at each level, ``(8,)`` one level of 8
         partitions, ``(4, 2)`` two levels (4 coarse partitions, each split
         in 2: 8 fine ones); an int ``k`` is ``(k,)``.
@@ -296,10 +295,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     noise_var_ : ndarray of shape (n_partitions, n_outputs)
         Noise variance of each finest-level expert, in standardized units,
         refitted after training (for the Bayesian root, the evidence's, one
-        for all outputs);
-        with the experts' coefficient covariances
-        and a calibration factor (``predict``) it makes
-        ``predict(return_std=True)``.
+        for all outputs); with the experts' coefficient covariances and a
+        calibration factor (``predict``) it makes ``predict(return_std=True)``.
 
     Examples
     --------
@@ -574,11 +571,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         tree.variance_scale = self._variance_scale(
             tree, calibration, leave_one_out, fitted, train, valid, polish_alpha, threads,
         )
+        self.degree_ = int(tree.basis.powers.sum(axis=1).max())  # total degree
         _multilevel.log(settings, f"done: {int((~tree.gone()).sum())} partitions, "
-                                  f"degree {tree.basis.degree}")
+                                  f"degree {self.degree_}")
         self.tree_ = tree
         self._warm_start_key = warm_start_key
-        self.degree_ = int(tree.basis.powers.sum(axis=1).max())
         self.partitions_ = (
             tuple(level.n_nodes for level in tree.levels[1:]) if adaptive else shape
         )
@@ -701,9 +698,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     def _finish(self, tree, data, refit, n_distinct, polish_alpha, warm, settings,
                 calibration):
         """After EM: experts on all rows (if EM saw only some: ``refit``),
-        kinks, polish, noise. Returns the polish's residuals and leverages
-        at the rows ``calibration`` where its solve gives them (a dense
-        Cholesky factor; else None)."""
+        kinks, polish, noise; for the Bayesian root, its final fit
+        (``_evidence.refit``). Returns the residuals (n, T) and 1 - leverages
+        (n,) at the rows ``calibration`` where the fit gives them (the
+        polish's dense Cholesky factor, or the root's posterior; else
+        None)."""
         threads = settings.threads
         if tree.prior is not None:  # the Bayesian root: its own final fit
             return _evidence.refit(tree, data, threads, calibration)

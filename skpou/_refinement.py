@@ -92,7 +92,7 @@ CYCLE_DEPTH = 2
 class Step:
     """One refinement step, for the fitted ``refinement_path_``."""
 
-    kind: str  # "start", "h" or "p"
+    kind: str  # "start", "h", "p", "warm start" or "bayesian root"
     n_partitions: int
     degree: int
     validation_error: float
@@ -619,8 +619,10 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
 # A grown tree of one partition (least squares at the leave-one-out degree)
 # keeps its place against the Bayesian root only where the root's held-out
 # error is more than this many times its own: a few dozen noisy held-out
-# rows tell two good fits apart by less, but not a root that failed (8 rows
-# of a 1-D target: a degree-24 root at 80 times the held-out error).
+# rows tell two good fits apart by less, but not a polynomial target that
+# least squares reproduces (a cubic: 6e-31 against the root's 1e-20) or a
+# root that failed (in review, before the basis was capped by the rows: 8
+# rows of a 1-D target, a degree-24 root at 80 times the held-out error).
 ONE_EXPERT_MARGIN = 2.0
 
 
