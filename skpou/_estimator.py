@@ -838,7 +838,11 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         include_spread = not self.polished_
 
         def block(X):
-            return tree.predictive_moments(X, include_spread)
+            if return_std:
+                return tree.predictive_moments(X, include_spread)
+            # the mean alone: the parameter term costs M^2 per row and expert
+            # (a Bayesian root of 1000 functions: 2.4 ms a row against 0.02)
+            return tree.moments(X, tree.finest, np.zeros_like(tree.noise_var), False)
 
         with local_threads(self.n_jobs) as threads:
             parts = threads.map(block, self._scale_inputs(X))
