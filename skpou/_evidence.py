@@ -253,11 +253,11 @@ def _with_round_off_ridge(equations):
     return equations
 
 
-def _negative_log_evidence(theta, equations, powers, rate_powers):
+def _negative_log_evidence(theta, equations, rate_powers):
     """-log p(y | theta) (up to a constant) and its gradient in theta =
     (log A, log sigma^2, log rates), the rates' exponents ``rate_powers``
-    (M, k): the multi-indices (a rate per feature) or their total degrees
-    (one shared rate).
+    (M, k), one row per basis function: the multi-indices (a rate per
+    feature) or their total degrees (one shared rate).
 
     With A = G + sigma^2 Lambda^-1 = L L^T, m = A^-1 b the posterior mean,
     Sigma = sigma^2 A^-1 its covariance and R = sum_d s_d |y_d - phi_d^T m|^2:
@@ -277,7 +277,7 @@ def _negative_log_evidence(theta, equations, powers, rate_powers):
     clamped = raw_log_var < floor
     log_var = np.where(clamped, floor, raw_log_var)
     noise = np.exp(log_noise)
-    n_basis = powers.shape[0]
+    n_basis = rate_powers.shape[0]
     n_targets = equations.rhs.shape[1]
     ridge = np.exp(log_noise - log_var)
     try:
@@ -347,7 +347,7 @@ def maximize_evidence(equations, basis, start=None, shared=False):
     best = None
     for theta in starts:
         theta = np.clip(theta, *np.array(bounds).T)
-        result = minimize(_negative_log_evidence, theta, args=(equations, powers, rate_powers),
+        result = minimize(_negative_log_evidence, theta, args=(equations, rate_powers),
                           jac=True, method="L-BFGS-B", bounds=bounds,
                           options={"maxiter": MAX_ITERATIONS, "ftol": SEARCH_FTOL})
         if np.isfinite(result.fun) and (best is None or result.fun < best.fun):

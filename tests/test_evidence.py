@@ -37,7 +37,7 @@ def test_evidence_is_the_gaussian_process_likelihood_and_its_gradient_exact(thet
     equations.gram = design.T @ (scaled[:, None] * design)  # without the round-off ridge
     theta = np.array(theta)
     powers = basis.powers.astype(float)
-    value, gradient = _evidence._negative_log_evidence(theta, equations, powers, powers)
+    value, gradient = _evidence._negative_log_evidence(theta, equations, powers)
     # the same model as a Gaussian process over the rows: y ~ N(0, P Lambda P^T + sigma^2 / s)
     prior = _evidence.Prior.from_theta(theta)
     covariance = (design * np.exp(prior.log_variances(basis.powers))) @ design.T
@@ -47,7 +47,7 @@ def test_evidence_is_the_gaussian_process_likelihood_and_its_gradient_exact(thet
     # the two differ by the constant sum_d log(s_d) / 2 per output
     assert value == pytest.approx(direct + np.log(scaled).sum(), rel=1e-10)
     numeric = approx_fprime(
-        theta, lambda t: _evidence._negative_log_evidence(t, equations, powers, powers)[0],
+        theta, lambda t: _evidence._negative_log_evidence(t, equations, powers)[0],
         1e-6,
     )
     np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-4)
