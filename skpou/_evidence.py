@@ -103,6 +103,14 @@ SEARCH_FTOL = 1e-7
 # Prior variances are at least sigma^2 exp(-MAX_LOG_RIDGE) (the ridge
 # sigma^2 / lambda stays finite).
 MAX_LOG_RIDGE = 700.0
+# The noise's shape (``fit_noise_shape``): log v(x) a polynomial of total
+# degree up to NOISE_SHAPE_MAX_DEGREE, with at most one coefficient per
+# NOISE_SHAPE_ROWS_PER_COEFFICIENT calibration rows, and none below
+# NOISE_SHAPE_MIN_ROWS rows (a few dozen squared residuals, each a chi^2
+# of one degree of freedom, cannot tell a shape from chance).
+NOISE_SHAPE_MAX_DEGREE = 3
+NOISE_SHAPE_ROWS_PER_COEFFICIENT = 20
+NOISE_SHAPE_MIN_ROWS = 100
 
 
 @dataclass
@@ -131,6 +139,73 @@ class Prior:
 def basis_budget(limit, n_rows):
     """The most functions a basis may have for ``n_rows`` rows."""
     return min(limit, BASIS_PER_ROW * n_rows if n_rows >= FEW_ROWS else n_rows // 2)
+
+
+@dataclass
+class NoiseShape:
+    """The noise variance's shape over the inputs: the noise at x is
+    sigma^2 v(x) / s for a row of scaled weight s, with
+    log v(x) = psi(x)^T ``coef`` - ``shift``, psi the Legendre ``basis`` on
+    the unit box (``shift``: v averages 1 over the rows it was fitted on).
+    Outside [``least``, ``most``], the range log v takes at those rows, it
+    is held at the nearer end: a polynomial's growth past the rows says
+    nothing of the noise there."""
+
+    basis: Basis
+    coef: np.ndarray
+    shift: float
+    least: float
+    most: float
+
+    def relative_variance(self, X):
+        """v(x) at the rows of X (n,)."""
+        log_v = basis_values(X, self.basis) @ self.coef - self.shift
+        return np.exp(np.clip(log_v, self.least, self.most))
+
+
+def fit_noise_shape(X, squares):
+    """The ``NoiseShape`` that the standardized squared leave-one-out
+    errors ``squares`` (n, T) at the rows X (n, d) support, or None where a
+    constant noise variance explains them best.
+
+    Each z_dt is sigma^2 v(x_d) times a chi^2 of one degree of freedom, so
+    log v = psi^T beta maximizes sum_dt -(g_d + z_dt e^-g_d) / 2, g = log v
+    (concave in beta: Newton's method, by scipy's trust-region solver); the
+    total degree of psi, 0 (a constant) to NOISE_SHAPE_MAX_DEGREE, is the one
+    of least Bayesian information criterion (Schwarz 1978): the fit's
+    -2 log likelihood plus log(n T) per coefficient. A heteroscedastic
+    regression of the residuals, as in feasible generalized least squares.
+    """
+    n_rows, n_targets = squares.shape
+    total = squares.sum(axis=1)
+
+    def objective(beta, design):  # -2 log likelihood, its gradient and Hessian
+        g = design @ beta
+        scaled = total * np.exp(-g)
+        return (float(n_targets * g.sum() + scaled.sum()),
+                design.T @ (n_targets - scaled), (design.T * scaled) @ design)
+
+    mean = max(float(total.mean()) / n_targets, np.finfo(float).tiny)
+    best = n_rows * n_targets * (np.log(mean) + 1.0), None  # the constant: BIC's first term
+    for degree in range(1, NOISE_SHAPE_MAX_DEGREE + 1):
+        basis = Basis(X.shape[1], degree)
+        if (n_rows < NOISE_SHAPE_MIN_ROWS
+                or basis.size * NOISE_SHAPE_ROWS_PER_COEFFICIENT > n_rows):
+            break
+        design = basis_values(X, basis)
+        start = np.linalg.lstsq(design, np.full(n_rows, np.log(mean)), rcond=None)[0]
+        result = minimize(lambda beta: objective(beta, design)[:2], start, jac=True,
+                          hess=lambda beta: objective(beta, design)[2],
+                          method="trust-exact")
+        criterion = result.fun + (basis.size - 1) * np.log(n_rows * n_targets)
+        if np.isfinite(criterion) and criterion < best[0]:
+            best = criterion, (basis, result.x, design @ result.x)
+    if best[1] is None:
+        return None
+    basis, coef, log_v = best[1]
+    shift = float(np.log(np.mean(np.exp(log_v - log_v.max()))) + log_v.max())
+    return NoiseShape(basis, coef, shift, float(log_v.min() - shift),
+                      float(log_v.max() - shift))
 
 
 def total_degree_basis(n_features, size=TOTAL_DEGREE_BASIS):
@@ -208,11 +283,12 @@ class NormalEquations:
     scale: float
 
 
-def root_normal_equations(data, basis, threads):
+def root_normal_equations(data, basis, threads, shape=None):
     """The root's ``NormalEquations`` on the unit box over all rows of
     ``data`` (a ``TrainingData``, or chunks out of core): from moments
     where ``skpou._experts.normal_equations`` finds that cheaper (in memory,
-    total-degree bases), else by the kernel, streamed."""
+    total-degree bases), else by the kernel, streamed. With a
+    ``NoiseShape``, each row's weight is divided by its v(x)."""
     n_features = data.X.shape[1]
     box = np.zeros((1, n_features)), np.ones((1, n_features))
     out_of_core = getattr(data, "out_of_core", False)
@@ -221,8 +297,12 @@ def root_normal_equations(data, basis, threads):
         scale = rows / threads.total(data.sample_weight)
     else:
         scale = rows / data.capped_weight.sum()
+    def row_weights(X, sample_weight):
+        weights = scale * sample_weight
+        return weights if shape is None else weights / shape.relative_variance(X)
+
     if isinstance(basis, Basis) and not out_of_core:
-        weights = scale * data.sample_weight
+        weights = row_weights(data.X, data.sample_weight)
         gram, rhs = normal_equations(
             data.X, data.Y, weights, np.ones((data.n_samples, 1)), *box, basis, threads
         )
@@ -231,7 +311,7 @@ def root_normal_equations(data, basis, threads):
         )
 
     def block(X, Y, sample_weight):
-        weights = scale * sample_weight
+        weights = row_weights(X, sample_weight)
         gram, rhs = block_normal_equations(
             X, Y, weights, np.ones((X.shape[0], 1)), *box, basis
         )
@@ -390,10 +470,10 @@ def posterior(equations, prior, basis):
     return cho_solve((factor, True), equations.rhs), factor
 
 
-def leave_one_out(factor, rows, basis, coef, prior, scale, all_rows):
+def leave_one_out(factor, rows, basis, coef, prior, weights, all_rows):
     """Residuals r (n, T) and 1 - h (n,) at ``rows`` (a ``TrainingData`` of
     rows the root was fitted on, all of them if ``all_rows``), h_d the
-    leverage s_d phi_d^T A^-1 phi_d (s_d the weight scaled as in the fit):
+    leverage s_d phi_d^T A^-1 phi_d (s_d: ``weights`` (n,), as in the fit):
     the error without row d is r_d / (1 - h_d), the prior held fixed (as for
     ridge regression).
 
@@ -405,7 +485,6 @@ def leave_one_out(factor, rows, basis, coef, prior, scale, all_rows):
     all its digits there. Otherwise from the factor L of A.
     """
     design = basis_values(rows.X, basis)
-    weights = scale * rows.sample_weight
     if all_rows and rows.n_samples <= basis.size:
         covariance = (design * np.exp(prior.log_variances(basis.powers))) @ design.T
         covariance[np.diag_indices_from(covariance)] += prior.noise / weights
@@ -442,8 +521,51 @@ def refit(tree, data, threads, calibration=None):
     ``predict(return_std=True)``). Returns the residuals (n, T) and
     1 - leverage (n,) at the rows ``calibration`` (``leave_one_out``; or
     None), for the leave-one-out calibration of the predictive variance
-    (``skpou._multilevel.calibrate_to_leave_one_out``)."""
-    equations = root_normal_equations(data, tree.basis, threads)
+    (``skpou._multilevel.calibrate_to_leave_one_out``).
+
+    Where the leave-one-out errors at ``calibration`` show the noise
+    varying over the inputs (``fit_noise_shape``), the tree keeps that
+    ``noise_shape`` for the predictive variance, and the fit is made again
+    with each row weighted by 1 / v(x) (feasible generalized least
+    squares). That fit is kept where its leave-one-out errors are smaller:
+    under noise that varies, it heeds the quiet rows more and its mean is
+    better (2-D, noise std 0.02-0.4, 1000 rows: error 0.021-0.040 against
+    0.032-0.047); where the errors are the approximation's (noise-free
+    data), it down-weights the rows hardest to fit and is worse (Friedman 1,
+    1000 rows: 4.7e-6 against 1.4e-6).
+    """
+    tree.noise_shape = None
+    residuals, room, weights = _final_fit(tree, data, threads, calibration)
+    if calibration is None:
+        return None
+    squares = weights[:, None] * residuals**2 / (room[:, None] * tree.prior.noise)
+    shape = fit_noise_shape(calibration.X, squares)
+    if shape is None:
+        return residuals, room
+    weighted = tree.copy()
+    weighted.noise_shape = shape
+    weighted_residuals, weighted_room, _ = _final_fit(weighted, data, threads, calibration)
+    if _squared_error(weighted_residuals, weighted_room, calibration) < _squared_error(
+            residuals, room, calibration):
+        for fitted in ("prior", "levels", "noise_var", "coef_cov"):
+            setattr(tree, fitted, getattr(weighted, fitted))
+        residuals, room = weighted_residuals, weighted_room
+    tree.noise_shape = shape
+    return residuals, room
+
+
+def _squared_error(residuals, room, rows):
+    """The leave-one-out errors' squared sum, weighted as held-out errors
+    are (``TrainingData.capped_weight``)."""
+    return float(rows.capped_weight @ ((residuals / room[:, None]) ** 2).sum(axis=1))
+
+
+def _final_fit(tree, data, threads, calibration):
+    """``refit``'s fit with the tree's ``noise_shape``; returns the
+    residuals, 1 - leverages and scaled weights at ``calibration`` (None
+    each without it)."""
+    shape = tree.noise_shape
+    equations = root_normal_equations(data, tree.basis, threads, shape)
     prior, value = maximize_evidence(
         equations, tree.basis, tree.prior, shares_rates(tree.basis.n_features, data.n_samples)
     )
@@ -458,11 +580,15 @@ def refit(tree, data, threads, calibration=None):
         covariance, (1, n_targets) + covariance.shape
     ).copy()
     if calibration is None:
-        return None
-    return leave_one_out(
-        factor, calibration, tree.basis, tree.levels[0].coef[0], tree.prior, equations.scale,
+        return None, None, None
+    weights = equations.scale * calibration.sample_weight
+    if shape is not None:
+        weights = weights / shape.relative_variance(calibration.X)
+    residuals, room = leave_one_out(
+        factor, calibration, tree.basis, tree.levels[0].coef[0], tree.prior, weights,
         calibration.n_samples == data.n_samples,
     )
+    return residuals, room, weights
 
 
 def _set_posterior(tree, equations, prior):

@@ -519,7 +519,7 @@ def calibrate_to_leave_one_out(tree, calibration, residuals, room):
     3-D target). It holds the gates and the tree fixed, so it does not
     see their overfitting.
     """
-    _, noise = tree.moments(calibration.X, tree.finest, tree.noise_var, False)
+    noise = tree.noise_at(calibration.X)
     standardized = residuals**2 / (room[:, None] * np.maximum(noise, MIN_NOISE_VAR))
     weight = calibration.capped_weight
     return weight @ standardized / weight.sum()

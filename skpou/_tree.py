@@ -73,10 +73,14 @@ class PartitionTree:
     ``variance_scale`` (T,), the predictive variance's calibration factor
     (``HierarchicalPOURegressor._variance_scale``; 1 without one).
     ``prior``: for the Bayesian root (``skpou._evidence``), its
-    coefficients' prior; None for trees fitted by EM.
+    coefficients' prior; None for trees fitted by EM. ``noise_shape``: for
+    the root, where its noise varies over the inputs, the
+    ``skpou._evidence.NoiseShape`` v(x) that multiplies ``noise_var``; else
+    None.
     """
 
     min_log_gate = MIN_LOG_GATE
+    noise_shape = None  # a class default: trees pickled before it keep None
 
     def __init__(self, basis, gates):
         self.basis = basis
@@ -168,11 +172,27 @@ class PartitionTree:
 
     def predictive_moments(self, X, include_spread):
         """The finest level's predictive mean and variance (n, T), with the
-        fitted noise, coefficient covariances and calibration."""
-        mean, variance = self.moments(
-            X, self.finest, self.noise_var, include_spread, coef_cov=self.coef_cov
-        )
+        fitted noise (``noise_at``), coefficient covariances and
+        calibration."""
+        if self.noise_shape is None:
+            mean, variance = self.moments(
+                X, self.finest, self.noise_var, include_spread, coef_cov=self.coef_cov
+            )
+        else:
+            mean, variance = self.moments(
+                X, self.finest, np.zeros_like(self.noise_var), include_spread,
+                coef_cov=self.coef_cov,
+            )
+            variance += self.noise_at(X)
         return mean, variance * self.variance_scale
+
+    def noise_at(self, X):
+        """The noise variance (n, T) at the rows of X: the finest experts'
+        ``noise_var`` blended by their gates, times ``noise_shape``'s v(x)."""
+        _, noise = self.moments(X, self.finest, self.noise_var, False)
+        if self.noise_shape is not None:
+            noise *= self.noise_shape.relative_variance(X)[:, None]
+        return noise
 
     def expert_means(self, X, level, node):
         """One expert's polynomial at the rows of X, shape (n_rows, T)."""

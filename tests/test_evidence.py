@@ -1,5 +1,6 @@
 """The Bayesian root (skpou._evidence): its evidence, basis and fit."""
 
+import pickle
 import warnings
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_leave_one_out_errors_equal_refits_without_the_row():
         prior, _ = _evidence.maximize_evidence(equations, basis)
         mean, factor = _evidence.posterior(equations, prior, basis)
         residuals, room = _evidence.leave_one_out(
-            factor, data, basis, mean, prior, equations.scale, all_rows=False)
+            factor, data, basis, mean, prior, equations.scale * weight, all_rows=False)
         for d in (0, 17, 39):
             keep = np.arange(40) != d
             # the prior, the weights' scale and the round-off ridge held fixed
@@ -273,3 +274,55 @@ def test_a_warm_start_after_the_bayesian_root_fits_afresh_and_says_nothing():
     assert fresh.tree_.prior is not None and fresh.converged_
     assert all(step["kind"] != "warm start" for step in warm.refinement_path_)
     np.testing.assert_array_equal(warm.predict(X_test), fresh.predict(X_test))
+
+
+def test_noise_shape_recovers_a_log_linear_variance_and_none_from_constant_noise():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (2000, 2))
+    true_log_v = 1.5 * X[:, 0]  # variance e^-1.5 .. e^1.5 across the box
+    squares = np.exp(true_log_v)[:, None] * rng.standard_normal((2000, 2)) ** 2
+    shape = _evidence.fit_noise_shape(X, squares)
+    assert shape is not None
+    grid = np.c_[np.linspace(-0.9, 0.9, 7), np.zeros(7)]
+    slope = np.polyfit(grid[:, 0], np.log(shape.relative_variance(grid)), 1)[0]
+    assert 1.2 < slope < 1.8
+    # held at the rows' range beyond them
+    far = shape.relative_variance(np.array([[5.0, 0.0], [-5.0, 0.0]]))
+    np.testing.assert_allclose(np.log(far), [shape.most, shape.least])
+    constant = rng.standard_normal((2000, 2)) ** 2
+    assert _evidence.fit_noise_shape(X, constant) is None
+    assert _evidence.fit_noise_shape(X[:60], squares[:60]) is None  # too few rows
+
+
+def heteroscedastic_rows(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, (n, 1))
+    noise_std = 0.02 + 0.38 * X[:, 0] ** 2
+    return X, np.sin(2 * np.pi * X[:, 0]) + X[:, 0] + noise_std * rng.standard_normal(n)
+
+
+def test_the_root_std_follows_noise_that_varies_over_the_inputs():
+    # The example plot_uncertainty's data: noise std 0.02 at x = 0 to 0.4 at
+    # x = 1. With one noise variance the std was 0.19 everywhere and the
+    # 2-std coverage by quarter 1.00, 1.00, 0.96, 0.77.
+    X, y = heteroscedastic_rows(1000, 0)
+    model = HierarchicalPOURegressor(random_state=0).fit(X, y)
+    assert model.tree_.prior is not None and model.tree_.noise_shape is not None
+    _, std = model.predict(np.array([[0.05], [0.5], [0.95]]), return_std=True)
+    np.testing.assert_allclose(std, [0.021, 0.115, 0.363], rtol=0.35)
+    Xn, yn = heteroscedastic_rows(20000, 1)
+    mean, std = model.predict(Xn, return_std=True)
+    covered = np.abs(yn - mean) <= 2 * std
+    quarter = np.minimum((4 * Xn[:, 0]).astype(int), 3)
+    for q in range(4):
+        assert 0.9 <= covered[quarter == q].mean() <= 0.99
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(Xn[:100], return_std=True)[1], std[:100])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_constant_noise_gets_no_noise_shape(seed):
+    X, Y, _ = noisy_rows(1000, seed=seed)
+    model = HierarchicalPOURegressor(random_state=seed).fit(X, Y[:, 0])
+    assert model.tree_.prior is not None
+    assert model.tree_.noise_shape is None
