@@ -32,7 +32,7 @@ from ._data import em_subsample, prepare, validation_split
 from ._gates import make_gate
 from ._kinks import place_boundaries_at_crossings
 from ._parallel import is_dask_collection, local_threads
-from ._polish import polish_experts
+from ._polish import polish_experts, prune_slivers
 from ._tree import PartitionTree
 
 # degree="auto": degree 4 where its basis is small (up to 3 dimensions: 35
@@ -718,6 +718,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
         leave_one_out = None
         if polish_alpha is not None:
+            slivers = prune_slivers(tree, data.X, data.sample_weight, threads)
+            if slivers:
+                _multilevel.log(settings, f"switched off {slivers} partitions whose gates "
+                                          "hold less than one sample")
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             tree.levels[-1].coef, residuals_leverages = polish_experts(
                 data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined,
