@@ -718,11 +718,12 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
         leave_one_out = None
         if polish_alpha is not None:
-            slivers = prune_slivers(tree, data.X, data.sample_weight, threads)
-            if slivers:
-                _multilevel.log(settings, f"switched off {slivers} partitions whose gates "
-                                          "hold less than one sample")
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
+            if determined:
+                slivers = prune_slivers(tree, data.X, data.sample_weight, threads)
+                if slivers:
+                    _multilevel.log(settings, f"switched off {slivers} partitions whose "
+                                              "gates hold less than one sample")
             tree.levels[-1].coef, residuals_leverages = polish_experts(
                 data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined,
                 _capped_total(data), calibration,

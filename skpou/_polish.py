@@ -8,8 +8,10 @@ network's problem (doc/design.md section 6):
     min_c  sum_d s_d |y_d - sum_k pi_k(x_d) phi_k(x_d) . c_k|^2
            + alpha W sum_k |c_k - c_k^EM|^2,           W = sum_d s_d.
 
-A node whose gate holds less than one row's worth of weight is switched
-off first (``prune_slivers``). The rows see a node only through pi_k mu_k
+Where the rows outnumber the unknowns, a node whose gate holds less than
+one row's worth of weight is switched off first (``prune_slivers``; with
+fewer rows than unknowns the ridge towards EM decides what the rows do
+not, and every node may be needed to interpolate them). The rows see a node only through pi_k mu_k
 at the rows: where pi_k is small at every row they determine none of its
 coefficients, and the polish would use them to fit the nearest rows' noise,
 mu_k growing as 1 / pi_k. Such slivers are what EM leaves at a jump with

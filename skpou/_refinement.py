@@ -604,7 +604,8 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
     1.2e-2 to 1.4e-3 and the median stayed 2.3e-4)."""
     errors = [blended_error(tree, valid, threads)]
     polished = tree.copy()
-    prune_slivers(polished, train.X, train.sample_weight, threads)  # as the fit will
+    if determined:  # as the fit will
+        prune_slivers(polished, train.X, train.sample_weight, threads)
     candidates = polish_candidates(
         train.X, train.Y, train.sample_weight, polished, POLISH_RIDGES, threads, determined,
         train.capped_weight.sum(),

