@@ -118,6 +118,14 @@ class Scaling:
         return (X - self.x_offset) / self.x_scale
 
 
+def capped_total(data, threads):
+    """The sum of ``TrainingData.capped_weight``, the scale of the normal
+    equations and of their ridges; out of core, where rows are not capped
+    (``skpou._dask.ChunkedTrainingData``), the weights' plain total."""
+    capped = getattr(data, "capped_weight", None)
+    return threads.total(data.sample_weight) if capped is None else float(capped.sum())
+
+
 def prepare(X, Y, sample_weight, scaling=None):
     """Rows of positive weight, sorted, merged and scaled: (TrainingData,
     Scaling, number of distinct input rows).

@@ -28,7 +28,7 @@ from sklearn.utils.validation import (
 
 from . import _evidence, _multilevel, _refinement
 from ._basis import Basis
-from ._data import em_subsample, prepare, validation_split
+from ._data import capped_total, em_subsample, prepare, validation_split
 from ._gates import make_gate
 from ._kinks import place_boundaries_at_crossings
 from ._parallel import is_dask_collection, local_threads
@@ -295,7 +295,8 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
     noise_var_ : ndarray of shape (n_partitions, n_outputs)
         Noise variance of each finest-level expert, in standardized units,
         refitted after training (for the Bayesian root, the evidence's, one
-        for all outputs); with the experts' coefficient covariances and a
+        for all outputs, which a noise shape v(x) may multiply: user guide,
+        "The Bayesian root"); with the experts' coefficient covariances and a
         calibration factor (``predict``) it makes ``predict(return_std=True)``.
 
     Examples
@@ -720,13 +721,13 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if polish_alpha is not None:
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             if determined:
-                slivers = prune_slivers(tree, data.X, data.sample_weight, threads)
+                slivers = prune_slivers(tree, data, threads)
                 if slivers:
                     _multilevel.log(settings, f"switched off {slivers} partitions whose "
                                               "gates hold less than one sample")
             tree.levels[-1].coef, residuals_leverages = polish_experts(
                 data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined,
-                _capped_total(data), calibration,
+                capped_total(data, threads), calibration,
             )
             if residuals_leverages is not None:
                 residuals, leverages = residuals_leverages
@@ -769,6 +770,18 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             return
         gone = self.tree_.gone()
         absorbed = self.tree_.levels[-1].absorbed
+        slivers = self.tree_.levels[-1].slivers
+        if slivers is None:  # a tree pickled before slivers were marked
+            slivers = np.zeros_like(absorbed)
+        if slivers.any():
+            warnings.warn(
+                f"{int(slivers.sum())} of {gone.size} partitions held less than one "
+                "sample's worth of gate and were switched off before the polish (the "
+                "samples do not determine their experts). Fewer partitions give the "
+                'same model for less; partitions="auto" chooses how many the data '
+                "support.",
+                UserWarning,
+            )
         if absorbed.any():
             warnings.warn(
                 f"{int(absorbed.sum())} of {gone.size} partitions were absorbed by "
@@ -778,7 +791,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 'partitions="auto" chooses how many the data support.',
                 UserWarning,
             )
-        empty = gone & ~absorbed
+        empty = gone & ~absorbed & ~slivers
         if empty.any():
             warnings.warn(
                 f"{int(empty.sum())} of {gone.size} partitions received no "
@@ -802,9 +815,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             Also return the predictive standard deviation of the mixture,
             sqrt(c sum_k pi_k (sigma_k^2 + phi_k^T C_k phi_k
             + (mu_k - mean)^2)): sigma_k^2 the noise variance of partition
-            k (``noise_var_``), C_k its expert's coefficient covariance
-            (Bayesian linear regression, so the std grows where rows are
-            few), and c a factor per output that matches the variance to
+            k (``noise_var_``; for the Bayesian root, times its noise
+            shape v(x) where it has one), C_k its expert's coefficient
+            covariance (Bayesian linear regression, so the std grows where
+            rows are few), and c a factor per output that matches the variance to
             the polished fit's (or the Bayesian root's) leave-one-out errors
             at up to 1000 training rows (without the polish: to the errors
             on held-out rows, or 1 without them). After the polish
@@ -1025,10 +1039,3 @@ def _warn_if_underdetermined(shape, n_features, degree, n_distinct, auto_degree)
             'degree fit what the samples determine; partitions="auto" chooses both.',
             UserWarning,
         )
-
-
-def _capped_total(data):
-    """The sum of ``TrainingData.capped_weight``; None out of core (the
-    chunks' plain total serves)."""
-    capped = getattr(data, "capped_weight", None)
-    return None if capped is None else capped.sum()

@@ -40,6 +40,7 @@ from scipy.linalg import cho_solve, lapack, solve_triangular
 from scipy.optimize import minimize
 
 from ._basis import Basis, IndexSetBasis, basis_values
+from ._data import capped_total
 from ._experts import block_normal_equations, mirror_upper, normal_equations
 from ._multilevel import LEAST_LEAVE_ONE_OUT_ROOM
 from ._tree import PartitionTree
@@ -124,6 +125,9 @@ MAP_LOG_BAYES_FACTOR = 5.0
 NOISE_SHAPE_MAX_DEGREE = 3
 NOISE_SHAPE_ROWS_PER_COEFFICIENT = 20
 NOISE_SHAPE_MIN_ROWS = 100
+# Squared errors below this share of their mean count as this share (a
+# chi^2 of one degree of freedom falls below it with probability 8e-4).
+LEAST_SHAPED_SQUARE = 1e-6
 
 
 @dataclass
@@ -216,6 +220,11 @@ def fit_noise_shape(X, squares):
     """
     n_rows, n_targets = squares.shape
     total = squares.sum(axis=1)
+    mean = float(total.mean()) / n_targets
+    if not (np.isfinite(mean) and mean > 0):  # an exact fit: no noise to shape
+        return None
+    # Errors at round-off would pull log v to -inf (a partly exact fit)
+    total = np.maximum(total, LEAST_SHAPED_SQUARE * n_targets * mean)
 
     def objective(beta, design):  # -2 log likelihood, its gradient and Hessian
         g = design @ beta
@@ -223,7 +232,7 @@ def fit_noise_shape(X, squares):
         return (float(n_targets * g.sum() + scaled.sum()),
                 design.T @ (n_targets - scaled), (design.T * scaled) @ design)
 
-    mean = max(float(total.mean()) / n_targets, np.finfo(float).tiny)
+    mean = float(total.mean()) / n_targets
     best = n_rows * n_targets * (np.log(mean) + 1.0), None  # the constant: BIC's first term
     for degree in range(1, NOISE_SHAPE_MAX_DEGREE + 1):
         basis = Basis(X.shape[1], degree)
@@ -232,9 +241,12 @@ def fit_noise_shape(X, squares):
             break
         design = basis_values(X, basis)
         start = np.linalg.lstsq(design, np.full(n_rows, np.log(mean)), rcond=None)[0]
-        result = minimize(lambda beta: objective(beta, design)[:2], start, jac=True,
-                          hess=lambda beta: objective(beta, design)[2],
-                          method="trust-exact")
+        try:
+            result = minimize(lambda beta: objective(beta, design)[:2], start, jac=True,
+                              hess=lambda beta: objective(beta, design)[2],
+                              method="trust-exact")
+        except (ValueError, np.linalg.LinAlgError):  # overflow on the way: no shape
+            continue
         criterion = result.fun + (basis.size - 1) * np.log(n_rows * n_targets)
         if np.isfinite(criterion) and criterion < best[0]:
             best = criterion, (basis, result.x, design @ result.x)
@@ -332,10 +344,8 @@ def root_normal_equations(data, basis, threads, shape=None, input_map=None):
     box = np.zeros((1, n_features)), np.ones((1, n_features))
     out_of_core = getattr(data, "out_of_core", False)
     rows = data.n_samples
-    if out_of_core:
-        scale = rows / threads.total(data.sample_weight)
-    else:
-        scale = rows / data.capped_weight.sum()
+    scale = rows / capped_total(data, threads)
+
     def row_weights(X, sample_weight):
         weights = scale * sample_weight
         return weights if shape is None else weights / shape.relative_variance(X)
@@ -596,9 +606,10 @@ def refit(tree, data, threads, calibration=None):
     weighted_residuals, weighted_room, _ = _final_fit(weighted, data, threads, calibration)
     if _squared_error(weighted_residuals, weighted_room, calibration) < _squared_error(
             residuals, room, calibration):
-        for fitted in ("prior", "levels", "noise_var", "coef_cov"):
-            setattr(tree, fitted, getattr(weighted, fitted))
-        residuals, room = weighted_residuals, weighted_room
+        vars(tree).update(vars(weighted))  # the tree is the caller's: updated in place
+        return weighted_residuals, weighted_room
+    # The unweighted mean and its coefficient covariance sigma^2 A^-1, which
+    # assumed a constant noise; the shape still scales the noise term.
     tree.noise_shape = shape
     return residuals, room
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._basis import frames_from_moments, local_frames, weighted_moments
-from ._data import TrainingData
+from ._data import TrainingData, capped_total
 from ._experts import (
     MIN_RESPONSIBILITY,
     block_normal_equations,
@@ -418,8 +418,7 @@ def refit_finest_experts(tree, data, settings):
     gram, rhs = settings.threads.sum(block, data.X, data.Y, data.sample_weight)
     gram = mirror_upper(gram)
     # the scale of the ridge, as in m_step_experts (out of core: the total)
-    capped = getattr(data, "capped_weight", None)
-    total = settings.threads.total(data.sample_weight) if capped is None else capped.sum()
+    total = capped_total(data, settings.threads)
     nodes.coef = solve_normal_equations(
         gram / total, rhs / total, settings.alpha, settings.n_jobs
     )

@@ -119,24 +119,34 @@ def _block_factor_entries(overlaps):
     return factors.L.nnz + factors.U.nnz - n_nodes  # the unit diagonal of L is implicit
 
 
-def prune_slivers(tree, X, sample_weight, threads):
-    """Switch off the finest nodes whose gate holds less than one row,
-    sum_d s_d pi_k(x_d) < W / n (W the total weight, n the rows; the module
-    docstring says why), keeping the heaviest of each family so that the
-    gates still sum to one; returns how many were switched off."""
-    def block(X, sample_weight):
-        return sample_weight @ np.exp(tree.log_gates(X, tree.finest)), np.array(X.shape[0])
-
+def prune_slivers(tree, data, threads):
+    """Switch off the finest nodes whose gate holds less than one row of
+    ``data``, sum_d w_d pi_k(x_d) < W / n with w the capped weights
+    (``TrainingData.capped_weight``: one row of huge weight would otherwise
+    make every ordinary partition a sliver; out of core, the weights) and
+    W their total (the module docstring says why). The heaviest live node
+    of each family stays, so that the gates still sum to one; the
+    switched-off nodes are marked in ``Level.slivers``. Returns how many."""
     if tree.finest == 0:
         return 0
-    mass, n_rows = threads.sum(block, X, sample_weight)
+    weights = getattr(data, "capped_weight", None)
+    if weights is None:
+        weights = data.sample_weight
+
+    def block(X, weights):
+        return (weights @ np.exp(tree.log_gates(X, tree.finest)),)
+
+    (mass,) = threads.sum(block, data.X, weights)
     level = tree.levels[-1]
-    sliver = (mass < threads.total(sample_weight) / n_rows) & ~tree.gone()
+    gone = tree.gone()
+    sliver = (mass < threads.total(weights) / data.n_samples) & ~gone
+    live_mass = np.where(gone, -np.inf, mass)
     starts = level.child_start
     for first, end in zip(starts[:-1], starts[1:]):
         if end > first:
-            sliver[first + np.argmax(mass[first:end])] = False
+            sliver[first + np.argmax(live_mass[first:end])] = False
     level.pruned = level.pruned | sliver
+    level.slivers = level.slivers | sliver
     return int(sliver.sum())
 
 

@@ -605,7 +605,7 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
     errors = [blended_error(tree, valid, threads)]
     polished = tree.copy()
     if determined:  # as the fit will
-        prune_slivers(polished, train.X, train.sample_weight, threads)
+        prune_slivers(polished, train, threads)
     candidates = polish_candidates(
         train.X, train.Y, train.sample_weight, polished, POLISH_RIDGES, threads, determined,
         train.capped_weight.sum(),

@@ -41,7 +41,9 @@ class Level:
     - ``log_var`` (K, T): log noise variances of the last EM sweep;
     - ``pruned`` (K,): nodes switched off (zero gate everywhere);
     - ``absorbed`` (K,): those of them whose gate held data, but whose
-      responsibilities EM gave to their neighbours.
+      responsibilities EM gave to their neighbours;
+    - ``slivers`` (K,): those of them switched off before the polish, their
+      gate holding less than one row (``skpou._polish.prune_slivers``).
     """
 
     child_start: np.ndarray = None
@@ -52,10 +54,13 @@ class Level:
     log_var: np.ndarray = None
     pruned: np.ndarray = None
     absorbed: np.ndarray = None
+    slivers: np.ndarray = None
 
     def __post_init__(self):
         if self.absorbed is None and self.pruned is not None:
             self.absorbed = np.zeros_like(self.pruned)
+        if self.slivers is None and self.pruned is not None:
+            self.slivers = np.zeros_like(self.pruned)
 
     @property
     def n_nodes(self):

@@ -307,11 +307,47 @@ def test_prune_slivers_keeps_a_partition_of_unity():
     y = np.sin(3 * X[:, 0])
     model = HierarchicalPOURegressor(partitions=(2, 4), degree=2, random_state=0).fit(X, y)
     tree = model.tree_.copy()
+    level = tree.levels[-1]
+    level.pruned[level.child_start[:-1]] = True  # each family's first, already gone
     # one row of the 400 leaves most nodes far below one row's worth
-    n_off = polish.prune_slivers(tree, X[:1], np.ones(1), Threads())
-    assert n_off > 0
+    n_off = polish.prune_slivers(tree, TrainingData(X[:1], y[:1, None], np.ones(1)), Threads())
+    assert n_off > 0 and level.slivers.sum() == n_off
     gates = np.exp(tree.log_gates(X, tree.finest))
     np.testing.assert_allclose(gates.sum(axis=1), 1.0, rtol=1e-12)
-    level = tree.levels[-1]
     for first, end in zip(level.child_start[:-1], level.child_start[1:]):
         assert not level.pruned[first:end].all()
+
+
+def test_one_huge_weight_does_not_make_ordinary_partitions_slivers():
+    # with the raw weights one row of weight 1e6 made W / n ~ 1e-3 of a
+    # row, and partitions of 11-48 ordinary rows counted as slivers
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (300, 1))
+    y = np.sin(6 * X[:, 0])
+    weight = np.ones(300)
+    weight[150] = 1e6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HierarchicalPOURegressor(partitions=(3, 3), degree=2, random_state=0).fit(
+            X, y, sample_weight=weight)
+    assert not model.tree_.levels[-1].slivers.any()
+    assert model.n_partitions_ == 9
+
+
+def test_slivers_are_marked_and_the_warning_names_them():
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 1, (1000, 1))
+    y = (X[:, 0] > 0.37) + 0.2 * X[:, 0] + 0.02 * rng.standard_normal(1000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = HierarchicalPOURegressor(
+            partitions=(4, 4), degree=2, gate_alpha=1e-20, n_cycles=20, random_state=3
+        ).fit(X, y)
+    slivers = model.tree_.levels[-1].slivers
+    messages = [str(w.message) for w in caught]
+    if slivers.any():
+        assert any("less than one sample" in m for m in messages)
+    assert not any("received no training data" in m for m in messages) or (
+        (model.tree_.gone() & ~slivers & ~model.tree_.levels[-1].absorbed).any())
+    gates = model.predict_partitions(np.linspace(0, 1, 1001)[:, None])
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0, atol=1e-10)
