@@ -11,13 +11,13 @@ network's problem (doc/design.md section 6):
 Where the rows outnumber the unknowns, a node whose gate holds less than
 one row's worth of weight is switched off first (``prune_slivers``; with
 fewer rows than unknowns the ridge towards EM decides what the rows do
-not, and every node may be needed to interpolate them). The rows see a node only through pi_k mu_k
-at the rows: where pi_k is small at every row they determine none of its
-coefficients, and the polish would use them to fit the nearest rows' noise,
-mu_k growing as 1 / pi_k. Such slivers are what EM leaves at a jump with
-sharp gates: a gate that peaks in a gap between two rows, larger there than
-at any row, with an expert whose frame (~1e-5 wide, fitted to one row) is a
-hundredth of the gap. There the blended mean went far off (a noisy 1-D
+not, and every node may be needed to interpolate them). The rows see a
+node only through pi_k mu_k at the rows: where pi_k is small at every row
+they determine none of its coefficients, and the polish would use them to
+fit the nearest rows' noise, mu_k growing as 1 / pi_k. Such slivers are
+what EM leaves at a jump with sharp gates: a gate that peaks in a gap
+between two rows, larger there than at any row, with an expert whose frame
+(~1e-5 wide, fitted to one row) is a hundredth of the gap. There the blended mean went far off (a noisy 1-D
 step, 1000 rows: 193 between two rows where the target is 1.07). The
 held-out rows that choose alpha never fall in such a gap, and no ridge on
 the coefficients bounds an expert so far outside its frame (a change of
