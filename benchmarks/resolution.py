@@ -60,6 +60,8 @@ SETTINGS = {
     True: dict(
         surrogates=("otl_circuit_6d", "piston_7d", "borehole_8d", "wing_weight_10d"),
         surrogate_sizes=(1000,),
+        smooth=("franke_2d",),
+        smooth_sizes=(1000,),
         pieces=(6, 12, 24),
         n_kink=10_000,
         noisy=("sine_cosine_2d",),
@@ -72,6 +74,8 @@ SETTINGS = {
     False: dict(
         surrogates=("otl_circuit_6d", "piston_7d", "borehole_8d", "wing_weight_10d"),
         surrogate_sizes=(1000, 10_000),
+        smooth=("runge_1d", "franke_2d", "tanh_cos_exp_3d", "friedman1_5d"),
+        smooth_sizes=(1000,),
         pieces=(6, 12, 24),
         n_kink=10_000,
         noisy=("sine_exp_1d", "sine_cosine_2d", "tanh_cos_exp_3d"),
@@ -409,11 +413,15 @@ def _run(report, quick, repeats, out_dir):
 def surrogates(report, cfg, repeats, quick):
     methods = ("MLP", "HGB", "GPR")
     err_rows, time_rows, cfg_rows = [], [], []
-    for name in cfg["surrogates"]:
+    # the surrogates, then the peers suite's smooth problems at the small n
+    # that suite does not run (where the root's mapped inputs matter)
+    cases = ([("surrogate", name, cfg["surrogate_sizes"]) for name in cfg["surrogates"]]
+             + [("smooth", name, cfg["smooth_sizes"]) for name in cfg["smooth"]])
+    for kind, name, sizes in cases:
         prob = P.PROBLEMS[name]
         peers = peer_table(prob.n_features, cfg)
         Xt, yt = prob.sample(cfg["n_test"], seed=1)
-        for n in cfg["surrogate_sizes"]:
+        for n in sizes:
             X, y = prob.sample(n, seed=0)
             ours = fit_default(X, y, repeats)
             e_ours = predict_error(ours, Xt, yt)
@@ -432,24 +440,28 @@ def surrogates(report, cfg, repeats, quick):
                              + [fmt_wall_cpu(res[m][0].seconds) for m in methods])
             cfg_rows.append([name, fmt_n(n), describe_fitted(ours)])
             report.target(
-                f"1. surrogate {name}, n={fmt_n(n)}",
+                f"1. {kind} {name}, n={fmt_n(n)}",
                 "default error <= 2x GPR's",
                 f"ours {fmt_err(e_ours)}, GPR {fmt_err(e_gpr)}: {fmt_ratio(r)}x"
                 + ("" if usable else " (GPR degenerate: no reference)"),
                 bool(usable and np.isfinite(r) and r <= 2.0),
             )
-            print(f"[resolution] surrogate {name} n={n}: ours {fmt_err(e_ours)}, "
+            print(f"[resolution] {kind} {name} n={n}: ours {fmt_err(e_ours)}, "
                   + ", ".join(f"{m} {fmt_err(res[m][1])}" for m in methods), flush=True)
     if quick:
         report.target("1. surrogates, n=1e4", "default error <= 2x GPR's",
                       "not run in quick mode (n = 1e3 only)", None)
     ranges = "; ".join(
         f"{name}: {P.PROBLEMS[name].description}" for name in cfg["surrogates"])
+    smooth = "; ".join(f"{name}: {P.PROBLEMS[name].description}" for name in cfg["smooth"])
     report.add(
-        "1. Surrogate test functions, 6-10 D: error",
+        "1. Surrogate test functions, 6-10 D, and smooth 1-5 D functions at small n: error",
         "Closed forms and input ranges of Surjanovic and Bingham's Virtual "
         "Library of Simulation Experiments (https://www.sfu.ca/~ssurjano/), "
-        "inputs uniform on those ranges in physical units (" + ranges + "). "
+        "inputs uniform on those ranges in physical units (" + ranges + "); "
+        "below them the peers suite's smooth problems at n = "
+        + ", ".join(fmt_n(n) for n in cfg["smooth_sizes"])
+        + ", which that suite (n >= 1e4) does not run (" + smooth + "). "
         "Noise-free. Target: the default's error within 2x of GPR's.",
         (("problem", "n", "HPOU default") + methods + ("default / GPR",), err_rows),
     )
