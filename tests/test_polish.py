@@ -351,3 +351,20 @@ def test_slivers_are_marked_and_the_warning_names_them():
         (model.tree_.gone() & ~slivers & ~model.tree_.levels[-1].absorbed).any())
     gates = model.predict_partitions(np.linspace(0, 1, 1001)[:, None])
     np.testing.assert_allclose(gates.sum(axis=1), 1.0, atol=1e-10)
+
+
+def test_the_final_polish_keeps_the_judged_polish_accuracy():
+    # The final polish (all rows) starts from the polish judged on the
+    # held-out rows: its ridge pulls towards its start, which decides the
+    # directions the rows barely determine. From EM's experts refitted on
+    # all rows, Runge's function on these 2000 rows had a max error of
+    # 5.4e-7; the judged polish's is about 1.6e-9.
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-1, 1, (2000, 1))
+    X_test = np.linspace(-1, 1, 5001)[:, None]
+
+    def runge(X):
+        return 1 / (1 + 25 * X[:, 0] ** 2)
+
+    model = HierarchicalPOURegressor(random_state=0).fit(X, runge(X))
+    assert np.abs(model.predict(X_test) - runge(X_test)).max() < 2e-8
