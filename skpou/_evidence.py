@@ -640,10 +640,10 @@ def _final_fit(tree, data, threads, calibration):
     factor = _set_posterior(tree, equations, tree.prior)
     n_targets = equations.rhs.shape[1]
     tree.noise_var = np.full((1, n_targets), tree.prior.noise)
-    inverse_factor = _inverse_lower(factor)
-    covariance = tree.prior.noise * (inverse_factor.T @ inverse_factor)
-    tree.coef_cov = np.broadcast_to(
-        covariance, (1, n_targets) + covariance.shape
+    # the covariance sigma^2 A^-1 = R^T R with R = sigma L^-1
+    cov_factor = np.sqrt(tree.prior.noise) * _inverse_lower(factor)
+    tree.coef_cov_factor = np.broadcast_to(
+        cov_factor, (1, n_targets) + cov_factor.shape
     ).copy()
     if calibration is None:
         return None, None, None

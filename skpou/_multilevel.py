@@ -476,7 +476,8 @@ def refit_noise(tree, data, threads):
     # exact however small sigma^2 or singular G are
     eigval, eigvec = np.linalg.eigh(mirror_upper(gram))
     shrink = 1.0 / (np.maximum(eigval, 0.0)[:, None, :] / tree.noise_var[:, :, None] + 1.0)
-    tree.coef_cov = np.einsum("kij,ktj,klj->ktil", eigvec, shrink, eigvec)
+    # kept as R = diag(shrink)^(1/2) V^T, C = R^T R (``PartitionTree.moments``)
+    tree.coef_cov_factor = np.sqrt(shrink)[:, :, :, None] * eigvec.transpose(0, 2, 1)[:, None]
 
 
 def calibrate_variance(tree, data, include_spread, threads):
@@ -486,7 +487,7 @@ def calibrate_variance(tree, data, include_spread, threads):
 
     def block(X, Y, sample_weight):
         mean, variance = tree.moments(X, level, tree.noise_var, include_spread,
-                                      coef_cov=tree.coef_cov)
+                                      coef_cov_factor=tree.coef_cov_factor)
         return sample_weight @ (Y - mean) ** 2, sample_weight @ variance
 
     squared, variance = threads.sum(block, data.X, data.Y, data.sample_weight)

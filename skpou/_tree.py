@@ -74,7 +74,8 @@ class PartitionTree:
     ``IndexSetBasis``) is every expert's basis; ``gates``
     the gate family (``skpou._gates.GateFamily``). Set after training, for
     predictions: ``noise_var`` (K, T), the finest experts' noise variances;
-    ``coef_cov`` (K, T, M, M), their coefficient covariances (or None);
+    ``coef_cov_factor`` (K, T, M, M), factors R of their coefficient
+    covariances C = R^T R (or None);
     ``variance_scale`` (T,), the predictive variance's calibration factor
     (``HierarchicalPOURegressor._variance_scale``; 1 without one).
     ``prior``: for the Bayesian root (``skpou._evidence``), its
@@ -95,7 +96,7 @@ class PartitionTree:
         self.gates = gates
         self.levels = [Level(pruned=np.zeros(1, dtype=bool))]
         self.noise_var = None
-        self.coef_cov = None
+        self.coef_cov_factor = None
         self.variance_scale = 1.0
         self.prior = None
 
@@ -155,20 +156,21 @@ class PartitionTree:
         )
         return log_gate
 
-    def moments(self, X, level, var, include_spread, log_gate=None, coef_cov=None):
+    def moments(self, X, level, var, include_spread, log_gate=None, coef_cov_factor=None):
         """Mixture mean (n, T) and variance (n, T) of a level at a block of rows.
 
         The variance is sum_k pi_k (var_k + phi_k^T C_k phi_k + (mu_k -
-        mean)^2): ``var`` (K, T) the noise variances, ``coef_cov``
-        (K, T, M, M) the experts' coefficient covariances (None: no
-        parameter term), the spread only with ``include_spread``.
+        mean)^2): ``var`` (K, T) the noise variances, ``coef_cov_factor``
+        (K, T, M, M) factors R_k of the experts' coefficient covariances
+        C_k = R_k^T R_k (None: no parameter term), the spread only with
+        ``include_spread``.
         ``log_gate``: the level's log gates at X, if known.
         """
         nodes = self.levels[level]
         if log_gate is None:
             log_gate = self.log_gates(X, level)
-        if coef_cov is None:
-            coef_cov = _NO_COVARIANCE
+        if coef_cov_factor is None:
+            coef_cov_factor = _NO_COVARIANCE
         mean = np.empty((X.shape[0], nodes.coef.shape[2]))
         variance = np.empty_like(mean)
         if self.input_map is not None:  # the experts' polynomials are in mapped inputs
@@ -176,7 +178,7 @@ class PartitionTree:
         _kernels.mixture_moments(
             X, log_gate, nodes.centers, nodes.scales, nodes.coef,
             self.basis.recipe, self.basis.degree, var, MIN_LOG_GATE,
-            include_spread, coef_cov, mean, variance,
+            include_spread, coef_cov_factor, mean, variance,
         )
         return mean, variance
 
@@ -186,12 +188,12 @@ class PartitionTree:
         calibration."""
         if self.noise_shape is None:
             mean, variance = self.moments(
-                X, self.finest, self.noise_var, include_spread, coef_cov=self.coef_cov
+                X, self.finest, self.noise_var, include_spread, coef_cov_factor=self.coef_cov_factor
             )
         else:
             mean, variance = self.moments(
                 X, self.finest, np.zeros_like(self.noise_var), include_spread,
-                coef_cov=self.coef_cov,
+                coef_cov_factor=self.coef_cov_factor,
             )
             variance += self.noise_at(X)
         return mean, variance * self.variance_scale

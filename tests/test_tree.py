@@ -88,3 +88,29 @@ def test_pruning_switches_off_a_node_and_its_descendants():
 def test_levels_hold_per_node_arrays():
     level = Level(pruned=np.zeros(4, dtype=bool))
     assert level.n_nodes == 4
+
+
+def test_parameter_variance_is_accurate_where_the_basis_is_large():
+    # The parameter term |R phi|^2 (C = R^T R) of an expert evaluated far
+    # from its frame, where |phi| ~ 1e8, in a direction C almost ignores:
+    # exact value s^2 |phi|^2. The quadratic form phi^T C phi had round-off
+    # ~ eps |phi|^2 |C| there, larger than the value and of either sign (a
+    # negative variance, a NaN std: heat_peak_2d at degree 9).
+    degree = 9
+    basis = Basis(1, degree)
+    X = np.array([[0.9]])
+    centers, scales = np.zeros((1, 1)), np.full((1, 1), 0.05)
+    n_basis = basis.size
+    coef = np.eye(n_basis)[None]  # output j is the basis function j: mean = phi
+    tree = _one_level_tree(np.zeros((1, 1)), centers, scales, coef, None, degree)
+    no_noise = np.zeros((1, n_basis))
+    phi = tree.moments(X, 1, no_noise, False)[0][0]
+    assert np.linalg.norm(phi) > 1e8
+    # R = diag(s) V^T, V's first column along phi, s = (1e-12, 1, ..., 1)
+    V, _ = np.linalg.qr(np.column_stack([phi, np.random.default_rng(0).standard_normal(
+        (n_basis, n_basis - 1))]))
+    s = np.r_[1e-12, np.ones(n_basis - 1)]
+    factor = s[:, None] * V.T
+    tree.coef_cov_factor = np.broadcast_to(factor, (1, n_basis) + factor.shape).copy()
+    variance = tree.moments(X, 1, no_noise, False, coef_cov_factor=tree.coef_cov_factor)[1]
+    np.testing.assert_allclose(variance[0], (1e-12 * np.linalg.norm(phi)) ** 2, rtol=1e-6)

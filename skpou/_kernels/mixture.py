@@ -66,13 +66,17 @@ def e_step(
 @kernel
 def mixture_moments(
     X, log_gate, centers, scales, coef, recipe, degree, var, min_log_gate,
-    include_spread, coef_cov, mean, variance,
+    include_spread, coef_cov_factor, mean, variance,
 ):
     """Mixture mean sum_k pi_k mu_k and variance
-    sum_k pi_k (s_k^2 + phi_k^T C_k phi_k + (mu_k - mean)^2).
+    sum_k pi_k (s_k^2 + |R_k phi_k|^2 + (mu_k - mean)^2).
 
-    ``coef_cov`` (K, T, M, M) holds each expert's coefficient covariance
-    C_k per output (the parameter term is left out if it has no rows). The
+    ``coef_cov_factor`` (K, T, M, M) holds a factor R_k of each expert's
+    coefficient covariance C_k = R_k^T R_k per output (the parameter term
+    is left out if it has no rows): |R phi|^2 cannot fall below zero, where
+    the quadratic form phi^T C phi did by its round-off, which grows as
+    |phi|^2 (heat_peak_2d, degree 9: -7e-9 against a noise term of 7e-10,
+    and a NaN std). The
     variance is summed in its centred form: sum pi (s^2 + mu^2) - mean^2
     would cancel catastrophically where the experts fit tightly. Without
     ``include_spread`` the spread (mu_k - mean)^2 is left out.
@@ -85,7 +89,7 @@ def mixture_moments(
     )
     means = np.empty((n_nodes, n_targets, rows.shape[1]))  # each expert on its rows
     spreads = np.zeros((n_nodes, n_targets, rows.shape[1]))  # and its parameter variance
-    with_parameters = coef_cov.shape[0] > 0
+    with_parameters = coef_cov_factor.shape[0] > 0
     for start in range(0, X.shape[0], rows.shape[1]):
         stop, n_pieces = select_rows(log_gate, start, min_log_gate, True, count, rows, pieces)
         mean[start:stop] = 0.0
@@ -103,8 +107,8 @@ def mixture_moments(
                         for p in range(n_basis):
                             row = 0.0
                             for q in range(n_basis):
-                                row += coef_cov[k, t, p, q] * Z[q, a]
-                            quadratic += Z[p, a] * row
+                                row += coef_cov_factor[k, t, p, q] * Z[q, a]
+                            quadratic += row * row
                         spreads[k, t, lo + a] = quadratic
             for a in range(n):
                 gate = exp(log_gate[block[a], k])
