@@ -481,17 +481,19 @@ def refit_noise(tree, data, threads):
 
 
 def calibrate_variance(tree, data, include_spread, threads):
-    """The factor (T,) that makes the predictive variance match the squared
-    errors on held-out rows: sum_d s_d (y_d - mean_d)^2 / sum_d s_d var_d."""
+    """The factor (T,) that makes the predictive variance match the errors
+    on held-out rows ``data``: the ``coverage_factor`` of their standardized
+    squared errors (y_d - mean_d)^2 / var_d, rows weighted by
+    ``TrainingData.capped_weight``."""
     level = tree.finest
 
-    def block(X, Y, sample_weight):
+    def block(X, Y):
         mean, variance = tree.moments(X, level, tree.noise_var, include_spread,
                                       coef_cov_factor=tree.coef_cov_factor)
-        return sample_weight @ (Y - mean) ** 2, sample_weight @ variance
+        return (Y - mean) ** 2 / np.maximum(variance, np.finfo(float).tiny)
 
-    squared, variance = threads.sum(block, data.X, data.Y, data.sample_weight)
-    return squared / np.maximum(variance, np.finfo(float).tiny)
+    standardized = np.concatenate(threads.map(block, data.X, data.Y))
+    return coverage_factor(standardized, data.capped_weight)
 
 
 def calibrate_to_leave_one_out(tree, calibration, residuals, room):
@@ -504,14 +506,16 @@ def calibrate_to_leave_one_out(tree, calibration, residuals, room):
     Row d's leave-one-out error e_d = r_d / (1 - h_d) (residual r, leverage
     h) is the error of a fit that did not see it, whose predictive variance
     there is v_d = sigma^2(x_d) / (1 - h_d) (the noise variance grown by the
-    parameters' uncertainty, as for any least-squares fit). The factor is
-    the mean of e_d^2 / v_d = r_d^2 / ((1 - h_d) sigma^2(x_d)), weighted by
-    ``TrainingData.capped_weight`` (as held-out errors are: one row of huge
-    weight would otherwise decide it alone).
+    parameters' uncertainty, as for any least-squares fit). The factor c
+    puts COVERAGE of the standardized errors z_d^2 = e_d^2 / v_d =
+    r_d^2 / ((1 - h_d) sigma^2(x_d)) within 2 std, z_d^2 <= 4 c
+    (``coverage_factor``), rows weighted by ``TrainingData.capped_weight``
+    (as held-out errors are: one row of huge weight would otherwise decide
+    it alone).
 
-    A mean of ratios, not a ratio of sums: with few rows some leverages
-    come near 1, and their e_d^2 and v_d, both huge, would decide a ratio
-    of sums alone (a 3-D target on 100 rows: 24 against 3.8 on test data).
+    Row by row, not a ratio of sums: with few rows some leverages come
+    near 1, and their e_d^2 and v_d, both huge, would decide a ratio of
+    sums alone (a 3-D target on 100 rows: 24 against 3.8 on test data).
     The noise variances are the residuals' mean squares corrected for the
     unknowns (``refit_noise``), so where the leverages are alike and the
     model fits, the factor is near 1; it corrects a model whose errors
@@ -521,8 +525,33 @@ def calibrate_to_leave_one_out(tree, calibration, residuals, room):
     """
     noise = tree.noise_at(calibration.X)
     standardized = residuals**2 / (room[:, None] * np.maximum(noise, MIN_NOISE_VAR))
-    weight = calibration.capped_weight
-    return weight @ standardized / weight.sum()
+    return coverage_factor(standardized, calibration.capped_weight)
+
+
+# The share of standardized errors the calibrated 2-std intervals hold: a
+# Gaussian's.
+COVERAGE = 0.9545
+
+
+def coverage_factor(standardized, weight):
+    """The factor c (T,) with a weighted share COVERAGE of the
+    ``standardized`` squared errors z^2 (n, T) at most 4 c: 2 std
+    intervals, their variance scaled by c, then hold that share of the
+    rows, as split conformal prediction calibrates its intervals (Vovk,
+    Gammerman and Shafer 2005; the jackknife+ of Barber et al. 2021 uses
+    leave-one-out errors as here). For Gaussian errors of the right
+    variance, c = 1, as the mean of z^2 would give.
+
+    A quantile, not the mean of z^2: where a few rows' errors are far
+    larger than the rest's, the mean is theirs alone. On a noise-free
+    staircase (2000 rows, 22 sharp partitions), the leave-one-out fits of
+    rows beside a step cross it; the mean made the std 366 where the error
+    was 0.002, 1e5 times the errors of every other row.
+    """
+    return np.array([
+        np.quantile(z, COVERAGE, weights=weight, method="inverted_cdf")
+        for z in standardized.T
+    ]) / 4.0
 
 
 def calibration_rows(data):

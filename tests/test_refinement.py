@@ -289,6 +289,21 @@ def test_std_is_calibrated_whatever_rows_are_held_out(n):
         assert 0.90 <= coverage <= 0.98, (random_state, coverage)
 
 
+def test_a_few_rows_beside_steps_do_not_inflate_the_std_everywhere():
+    # A noise-free staircase: the held-out rows beside a step have errors
+    # of order 1, every other row ~1e-3. A calibration matched to the mean
+    # of the squared standardized errors made the std 22-366 between the
+    # steps (errors 3e-4-2e-3); matched to their 2-std coverage it is of
+    # the errors' order there.
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, (2000, 1))
+    model = HierarchicalPOURegressor(random_state=0).fit(X, np.floor(5 * X[:, 0]))
+    between = np.array([[-0.5], [0.1], [0.25], [0.5]])  # steps at multiples of 0.2
+    mean, std = model.predict(between, return_std=True)
+    assert np.abs(mean - np.floor(5 * between[:, 0])).max() < 0.01
+    assert std.max() < 0.05
+
+
 def test_held_out_calibration_uses_the_fit_on_the_training_rows(monkeypatch):
     """Without the polish, the held-out rows calibrate the std: their
     errors must be those of the fit that did not see them, not of the
