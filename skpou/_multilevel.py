@@ -469,8 +469,10 @@ def refit_noise(tree, data, threads):
         pooled = squared.sum(axis=0) / pooled_rows
     else:
         pooled = squared.sum(axis=0) / rows.sum()
-    own = squared / np.maximum(rows - n_basis, np.finfo(float).tiny)[:, None]
-    var = np.where((rows >= 2 * n_basis)[:, None], own, pooled)
+    # a node's own variance where it holds at least twice its unknowns' rows
+    own_rows = np.broadcast_to((rows >= 2 * n_basis)[:, None], squared.shape)
+    var = np.divide(squared, (rows - n_basis)[:, None], where=own_rows,
+                    out=np.broadcast_to(pooled, squared.shape).copy())
     tree.noise_var = np.maximum(var, MIN_NOISE_VAR)
     # C = V diag(1 / (lambda / sigma^2 + 1)) V^T from G = V diag(lambda) V^T:
     # exact however small sigma^2 or singular G are

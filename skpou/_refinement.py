@@ -473,7 +473,8 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
 
     Returns the best tree, the path of steps (``Step``, ``path``'s first),
     and whether held-out error ended it (False: the rows could not determine
-    another step).
+    another step while the last step still improved on the best tree; a
+    limit reached after steps that did not improve is the criterion's end).
     """
     threads = settings.threads
     best_error = judged_error(tree, train, valid, threads, finished=finished)
@@ -483,7 +484,7 @@ def grow(tree, path, train, valid, n_cycles, patience, settings, random_state,
         kinds = [kind for kind in _step_kinds(current, train, threads)
                  if not (fixed_degree and kind[0] == "p")]
         if not kinds:
-            return best, path, False
+            return best, path, failures > 0
         sharp = current.gates.ridge < SHARP_RIDGE
         if not sharp and last_kind is not None and kinds[-1][0] == last_kind:
             kinds.reverse()  # the kind that won the last round first

@@ -78,8 +78,11 @@ def test_fit_equals_numpy_fit_when_all_rows_are_in_the_em_subsample(client):
             None if weights is None else chunked(weights, 1_000),
         )
         expected = in_memory.predict(X_test, return_std=True)
-        for got, want in zip(on_dask.predict(X_test, return_std=True), expected):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        # the std's calibration factor is one row's standardized error (a
+        # quantile), with the round-off of a residual ~1e-5: 1e-9 relative
+        for got, want, rtol in zip(on_dask.predict(X_test, return_std=True), expected,
+                                   (1e-10, 1e-8)):
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
         assert on_dask.n_features_in_ == 2 and on_dask.n_outputs_ == targets.ndim
 
 

@@ -242,6 +242,24 @@ def test_a_fit_limited_by_its_rows_says_so():
     assert not model.converged_
 
 
+def test_a_limit_reached_after_failed_steps_is_no_convergence_failure():
+    # 300 noisy rows with 2% gross outliers: the best tree (5 partitions of
+    # degree 3) was followed by h-steps that raised the held-out error
+    # tenfold, and then the rows determined no further step. That once
+    # warned that the rows, not the held-out error, ended refinement
+    # (and partitions with fewer rows than unknowns leaked an overflow
+    # RuntimeWarning from the noise variances).
+    rng = np.random.default_rng(6)
+    X = rng.uniform(-1, 1, (300, 2))
+    rng.uniform(-1, 1, (3000, 2)), rng.standard_t(1.5, 300), rng.standard_t(1.5, 3000)  # as reported
+    y = np.tanh(5 * X[:, 0]) + 0.5 * X[:, 1] + 0.01 * rng.standard_normal(300)
+    y[rng.choice(300, 6, replace=False)] += 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = HierarchicalPOURegressor(random_state=0).fit(X, y)
+    assert model.converged_
+
+
 def test_noisy_small_data_do_not_overfit_and_get_honest_std():
     rng = np.random.default_rng(4)
 
