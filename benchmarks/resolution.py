@@ -9,7 +9,8 @@ is the measuring instrument, not the claim.
 
 Experiments (numbered as the targets in benchmarks/README.md):
 
-1. surrogate test functions in 6-10 dimensions against GPR;
+1. surrogate test functions in 6-10 dimensions, and the peers suite's
+   smooth 1-5 D problems at n = 1e3, against GPR;
 2. kinks and jumps: squared triangle waves, a piecewise-linear 1-D function,
    a 2-D jump across a curve;
 3. noisy data in 1-3 dimensions: accuracy against the noise-free truth and

@@ -550,7 +550,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                                     random_state)
         polish_alpha = self.alpha if self.polish else None
         fitted = None  # the fit on the training rows alone, for held-out calibration
-        polish_start = None
+        judged = None  # the polish judged on the held-out rows
         if tree.prior is not None:
             polish_alpha = None  # one expert, fitted by its posterior: nothing to polish
         elif valid is not None and self.polish:
@@ -558,7 +558,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             polish_alpha, fitted, errors = _refinement.choose_polish_ridge(
                 tree, train, valid, threads, determined
             )
-            polish_start = fitted.levels[-1].coef
+            judged = fitted
             _multilevel.log(settings, f"polish ridge {polish_alpha:g}: held-out errors "
                                       "(unpolished first) "
                                       + ", ".join(f"{e:.3e}" for e in errors))
@@ -569,7 +569,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                        if self.polish or tree.prior is not None else None)
         leave_one_out = self._finish(
             tree, data, train.n_samples < data.n_samples, n_distinct, polish_alpha,
-            previous is not None, settings, calibration, polish_start,
+            previous is not None, settings, calibration, judged,
         )
         tree.variance_scale = self._variance_scale(
             tree, calibration, leave_one_out, fitted, train, valid, polish_alpha, threads,
@@ -699,7 +699,7 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         return tree
 
     def _finish(self, tree, data, refit, n_distinct, polish_alpha, warm, settings,
-                calibration, polish_start=None):
+                calibration, judged=None):
         """After EM: experts on all rows (if EM saw only some: ``refit``),
         kinks, polish, noise; for the Bayesian root, its final fit
         (``_evidence.refit``). Returns the residuals (n, T) and 1 - leverages
@@ -707,41 +707,47 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         polish's dense Cholesky factor, or the root's posterior; else
         None).
 
-        ``polish_start``: the coefficients of the polish judged on the
-        held-out rows (fitted to the training rows), or None. The final
-        polish starts from them instead of EM's experts refitted on all
-        rows: its ridge pulls towards its start, and so the start decides
-        the directions the rows barely determine (blends of overlapping
-        experts of high degree). From the refitted experts, those
-        directions left Runge's function on 1e4 rows with a test error of
-        9.8e-8, where the judged polish's was 3.9e-10. Not where kinks
-        moved boundaries: the gates are then others than those judged.
+        ``judged``: the tree polished on the training rows whose held-out
+        error chose the polish ridge (``choose_polish_ridge``), or None. The
+        final polish starts from its coefficients instead of EM's experts
+        refitted on all rows: its ridge pulls towards its start, and so the
+        start decides the directions the rows barely determine (blends of
+        overlapping experts of high degree). From the refitted experts,
+        those directions left Runge's function on 1e4 rows with a test
+        error of 9.8e-8, against 3.5e-10 from the judged polish's. Not
+        where the gates are others than those judged: kinks moved
+        boundaries, or other partitions are slivers on all rows.
         """
         threads = settings.threads
         if tree.prior is not None:  # the Bayesian root: its own final fit
             return _evidence.refit(tree, data, threads, calibration)
-        if refit:
-            _multilevel.refit_finest_experts(tree, data, settings)
-        if data.X.shape[1] == 1 and self.gate == "linear" and not (
+        places_kinks = data.X.shape[1] == 1 and self.gate == "linear" and not (
             warm and self.n_cycles == 0  # frozen partitions stay
-        ):
+        )
+        # the kinks are placed where EM's experts cross
+        refitted = refit and (judged is None or places_kinks)
+        if refitted:
+            _multilevel.refit_finest_experts(tree, data, settings)
+        if places_kinks:
             # Rows out of core cannot be sorted: their kinks are found on
             # the EM subsample (all rows, if they fit in it).
             kink_data = data.em_data if getattr(data, "out_of_core", False) else data
             moved = place_boundaries_at_crossings(tree, kink_data, threads)
             _multilevel.log(settings, f"moved {moved} boundaries to where their experts cross")
-            if moved:  # other gates than the judged polish's
-                polish_start = None
+            if moved:
+                judged = None
         leave_one_out = None
         if polish_alpha is not None:
-            if polish_start is not None:
-                tree.levels[-1].coef = polish_start.copy()
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             if determined:
                 slivers = prune_slivers(tree, data, threads)
                 if slivers:
                     _multilevel.log(settings, f"switched off {slivers} partitions whose "
                                               "gates hold less than one sample")
+            if judged is not None and np.array_equal(judged.gone(), tree.gone()):
+                tree.levels[-1].coef = judged.levels[-1].coef.copy()
+            elif refit and not refitted:
+                _multilevel.refit_finest_experts(tree, data, settings)
             tree.levels[-1].coef, residuals_leverages = polish_experts(
                 data.X, data.Y, data.sample_weight, tree, polish_alpha, threads, determined,
                 capped_total(data, threads), calibration,

@@ -6,11 +6,15 @@ polish solves for every coefficient at once, the deterministic POU
 network's problem (doc/design.md section 6):
 
     min_c  sum_d s_d |y_d - sum_k pi_k(x_d) phi_k(x_d) . c_k|^2
-           + alpha W sum_k |c_k - c_k^EM|^2,           W = sum_d s_d.
+           + alpha W sum_k |c_k - c_k^0|^2,            W = sum_d s_d,
+
+c^0 the coefficients in the tree: EM's, or, for the fit's final polish
+with held-out rows, those of the polish they judged
+(``HierarchicalPOURegressor._finish``).
 
 Where the rows outnumber the unknowns, a node whose gate holds less than
 one row's worth of weight is switched off first (``prune_slivers``; with
-fewer rows than unknowns the ridge towards EM decides what the rows do
+fewer rows than unknowns the ridge towards c^0 decides what the rows do
 not, and every node may be needed to interpolate them). The rows see a
 node only through pi_k mu_k at the rows: where pi_k is small at every row
 they determine none of its coefficients, and the polish would use them to
@@ -82,22 +86,30 @@ BLOCKS_ADVANTAGE = 0.5
 UNDERDETERMINED_POLISH_RIDGE = 1e-8
 # Conjugate gradients (the "iterative" route) stop at this residual relative
 # to the right-hand side, or after this many iterations. They start from
-# the EM coefficients and every iteration lowers the polish objective, so
-# stopping early still improves on EM; the EM coefficients also stay where
+# the coefficients in the tree (c^0) and every iteration lowers the polish
+# objective, so stopping early still improves on them; they also stay where
 # the data barely constrain them, as the ridge wants.
 POLISH_CG_RTOL = 1e-10
 POLISH_CG_MAX_ITERATIONS = 500
 # The sketch (``sketched_polish``): rows per unknown of the subsample whose
 # matrix preconditions conjugate gradients on all rows, used where the
-# rows are at least SKETCH_MIN_RATIO times as many. With r subsample rows
-# per unknown, the subsample's normalized matrix is within a factor of
-# about 1 +- 1 / sqrt(r) of the whole one, so the preconditioned
-# iterations converge by a factor of several each (Franke 2-D, 1e6 rows,
-# 45 partitions of degree 10: the polish took 187 of the fit's 264 s
-# formed from all rows).
+# rows are at least SKETCH_MIN_RATIO times as many and forming the matrix
+# from all rows would take SKETCH_MIN_WORK multiply-adds or more (seconds:
+# below, the exact direct solve costs little). With r subsample rows per
+# unknown spread evenly over the partitions, the subsample's normalized
+# matrix is within a factor of about 1 +- 1 / sqrt(r) of the whole one,
+# so the preconditioned iterations converge by a factor of several each
+# (Franke 2-D, 1e6 rows, 45 partitions of degree 10: 4 iterations; the
+# polish formed from all rows took 187 of the fit's 264 s). A partition
+# whose gate holds fewer than SKETCH_MIN_NODE_ROWS rows' worth per unknown
+# in the subsample has its block poorly represented: the matrix is then
+# formed from all rows, as it is where the iterations have not converged
+# after SKETCH_CG_MAX_ITERATIONS passes.
 SKETCH_ROWS_PER_UNKNOWN = 32
 SKETCH_MIN_RATIO = 4
-SKETCH_CG_MAX_ITERATIONS = 100
+SKETCH_MIN_WORK = 1e11
+SKETCH_MIN_NODE_ROWS = 4
+SKETCH_CG_MAX_ITERATIONS = 30
 
 
 def polish_route(overlaps, n_basis, frame_change):
@@ -176,7 +188,8 @@ def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, t
     the polish's leave-one-out errors at the rows ``calibration``.
 
     ``calibration``: a ``TrainingData`` of some of the rows of X, Y (or
-    None). Where the system is solved by a dense Cholesky factor, the
+    None). Where the system is solved by a dense Cholesky factor, or
+    sketched (``sketched_polish``: leverages from the sketch's factor), the
     residuals (n, T) and leverages (n,) at those rows are returned with the
     coefficients (``_residuals_and_leverages``); otherwise None.
     """
@@ -201,8 +214,8 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     """The finest experts' coefficients (K, M, T) that minimize the blended
     error, for each ridge in ``alphas`` (the system is formed once).
 
-    ``tree`` gives the frozen gates and the EM coefficients, towards which
-    the ridge alpha pulls (so nodes the data barely reach keep them). With
+    ``tree`` gives the frozen gates and the coefficients c^0 (EM's),
+    towards which the ridge alpha pulls (so nodes the data barely reach keep them). With
     fewer distinct rows than unknowns (``determined=False``) the data fix
     only part of the coefficients and the ridge decides the rest; a ridge
     as small as ``alpha`` would let round-off decide it (a change of eps in
@@ -225,9 +238,13 @@ def sketched_polish(X, Y, sample_weight, tree, alpha, threads, total, calibratio
     by the Cholesky factor of the matrix formed from SKETCH_ROWS_PER_UNKNOWN
     evenly spaced rows per unknown (the rows are sorted, so that is a
     sample stratified along the first feature), from the coefficients in
-    the tree; None where the rows are fewer than SKETCH_MIN_RATIO times
-    the sketch's, or held out of core, or where the sketch's matrix would
-    not be dense.
+    the tree; None (form the matrix from all rows) where the rows are
+    fewer than SKETCH_MIN_RATIO times the sketch's, or forming the matrix
+    from them costs less than SKETCH_MIN_WORK, or the rows are held out of
+    core, or the sketch's matrix would be sparse or formed from moments
+    (cheap to form from all rows), or a partition's gate holds less than
+    SKETCH_MIN_NODE_ROWS rows' worth per unknown of the sketch, or the
+    iterations did not converge.
 
     The leverages at ``calibration`` come from the sketch's factor: at
     SKETCH_MIN_RATIO * SKETCH_ROWS_PER_UNKNOWN rows per unknown or more
@@ -238,14 +255,19 @@ def sketched_polish(X, Y, sample_weight, tree, alpha, threads, total, calibratio
     n_nodes, n_basis, n_targets = start.shape
     size = n_nodes * n_basis
     n_rows = SKETCH_ROWS_PER_UNKNOWN * size
-    if not isinstance(X, np.ndarray) or X.shape[0] < SKETCH_MIN_RATIO * n_rows:
+    if (not isinstance(X, np.ndarray) or X.shape[0] < SKETCH_MIN_RATIO * n_rows
+            or X.shape[0] * size**2 / 2 < SKETCH_MIN_WORK):
+        return None
+    rows = np.linspace(0, X.shape[0] - 1, n_rows).astype(np.intp)
+    gate = np.exp(tree.log_gates(X[rows], tree.finest))
+    gate_rows = sample_weight[rows] @ gate / sample_weight[rows].mean()
+    if np.any(gate_rows[~tree.gone()] < SKETCH_MIN_NODE_ROWS * n_basis):
         return None
     if total is None:
         total = threads.total(sample_weight)
-    rows = np.linspace(0, X.shape[0] - 1, n_rows).astype(np.intp)
     sketch_total = total * sample_weight[rows].sum() / sample_weight.sum()
     sketch = _polish_system(X[rows], Y[rows], sample_weight[rows], tree, threads, sketch_total)
-    factor = sketch.cholesky(alpha) if sketch.route in DENSE_ROUTES else None
+    factor = sketch.cholesky(alpha) if sketch.route in ("design", "blocks") else None
     if factor is None:
         return None
 
@@ -275,14 +297,9 @@ def sketched_polish(X, Y, sample_weight, tree, alpha, threads, total, calibratio
             operator, start_residual[:, t], rtol=0.0, atol=POLISH_CG_RTOL * rhs_norm[t],
             maxiter=SKETCH_CG_MAX_ITERATIONS, M=preconditioner,
         )
+        if info != 0:
+            return None
         coef[:, t] += correction
-        if info > 0:
-            warnings.warn(
-                f"The polish of {size} unknowns on {X.shape[0]} rows stopped after "
-                f"{info} conjugate gradient iterations before reaching a residual of "
-                f"{POLISH_CG_RTOL:g}: it improves on the EM fit but is not converged.",
-                ConvergenceWarning,
-            )
     coef = coef.reshape(start.shape)
     if calibration is None:
         return coef, None
@@ -348,7 +365,7 @@ class _PolishSystem:
 
     def pulled(self, alpha, start):
         """The right-hand side (KM, T) with ridge alpha pulling towards
-        ``start`` (the EM coefficients, (K, M, T))."""
+        ``start`` (c^0, (K, M, T))."""
         return self.rhs + alpha * start.reshape(self.rhs.shape[0], -1)
 
     def solve(self, alpha, start):
@@ -461,7 +478,7 @@ def _conjugate_gradients(blocks, overlaps, rhs, alpha, start):
     """Solve the polish system held as upper blocks (normalized by the total
     weight), one target at a time.
 
-    Block-Jacobi preconditioned conjugate gradients from the EM
+    Block-Jacobi preconditioned conjugate gradients from c^0, the
     coefficients ``start``: the matrix is never formed, a product with it
     reads each stored block twice (as itself and as its transpose).
     """
@@ -502,7 +519,7 @@ def _conjugate_gradients(blocks, overlaps, rhs, alpha, start):
                 f"The polish of {size} unknowns, too large to factor within "
                 f"{POLISH_MAX_BYTES / 2**30:g} GiB, stopped after {info} conjugate "
                 f"gradient iterations at a residual of {residual / np.linalg.norm(rhs[:, t]):.1e} "
-                f"(target {POLISH_CG_RTOL:g}): it improves on the EM fit but is not "
+                f"(target {POLISH_CG_RTOL:g}): it improves on its start but is not "
                 "converged. Fewer partitions or a lower degree make it smaller.",
                 ConvergenceWarning,
             )

@@ -90,6 +90,7 @@ class PartitionTree:
     # class defaults: trees pickled before them keep None
     noise_shape = None
     input_map = None
+    coef_cov_factor = None
 
     def __init__(self, basis, gates):
         self.basis = basis
@@ -103,6 +104,18 @@ class PartitionTree:
     @property
     def finest(self):
         return len(self.levels) - 1
+
+    def __setstate__(self, state):
+        """Unpickling; a tree pickled before ``coef_cov_factor`` holds the
+        covariances C themselves (``coef_cov``): factored here as
+        R = diag(lambda)^(1/2) V^T from C = V diag(lambda) V^T."""
+        covariance = state.pop("coef_cov", None)
+        if covariance is not None:
+            eigval, eigvec = np.linalg.eigh(covariance)
+            state["coef_cov_factor"] = (
+                np.sqrt(np.maximum(eigval, 0.0))[..., None] * np.swapaxes(eigvec, -1, -2)
+            )
+        vars(self).update(state)
 
     def copy(self):
         return copy.deepcopy(self)

@@ -379,7 +379,7 @@ def test_a_constant_target_fits_exactly_without_a_noise_shape():
     assert shape is None or np.all(np.isfinite(shape.coef))
 
 
-def test_models_pickled_before_the_noise_shape_and_input_map_still_predict():
+def test_models_pickled_before_the_noise_shape_input_map_and_factors_still_predict():
     X, y = heteroscedastic_rows(300, 0)
     model = HierarchicalPOURegressor(random_state=0).fit(X, y)
     expected = model.predict(X[:50], return_std=True)
@@ -387,6 +387,10 @@ def test_models_pickled_before_the_noise_shape_and_input_map_still_predict():
     for name in ("noise_shape", "input_map"):
         vars(state.tree_).pop(name, None)  # as a tree pickled before them
     state.tree_.levels[-1].slivers = None
+    # the covariances themselves, as trees pickled before their factors held
+    factor = vars(state.tree_).pop("coef_cov_factor")
+    vars(state.tree_)["coef_cov"] = np.swapaxes(factor, -1, -2) @ factor
+    state = pickle.loads(pickle.dumps(state))
     mean, std = state.predict(X[:50], return_std=True)
     np.testing.assert_allclose(mean, expected[0], rtol=1e-12)
     if model.tree_.noise_shape is None and model.tree_.input_map is None:

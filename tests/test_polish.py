@@ -389,16 +389,31 @@ def test_sketched_polish_matches_the_polish_formed_from_all_rows(monkeypatch):
         )
 
     formed = fit()
-    calls = []
+    results = []
     sketched = polish.sketched_polish
-    monkeypatch.setattr(polish, "SKETCH_ROWS_PER_UNKNOWN", 8)  # 1280 of 12000 rows
-    monkeypatch.setattr(polish, "sketched_polish",
-                        lambda *args: calls.append(1) or sketched(*args))
+
+    def spy(*args):
+        results.append(sketched(*args))
+        return results[-1]
+
+    # a small fit: 3840 of the 12000 rows, 16 per unknown
+    monkeypatch.setattr(polish, "SKETCH_ROWS_PER_UNKNOWN", 16)
+    monkeypatch.setattr(polish, "SKETCH_MIN_RATIO", 3)
+    monkeypatch.setattr(polish, "SKETCH_MIN_WORK", 0)
+    monkeypatch.setattr(polish, "sketched_polish", spy)
     sketch = fit()
-    assert calls and sketch.polished_
+    assert len(results) == 1 and results[0] is not None and sketch.polished_
     mean, std = sketch.predict(X_test, return_std=True)
     formed_mean, formed_std = formed.predict(X_test, return_std=True)
     error = np.abs(formed_mean - target(X_test)).max()
     assert 1e-7 < error < 1e-4  # a fit with an error to compare
     assert np.abs(mean - formed_mean).max() < 1e-3 * error  # 1.6e-9 against 5.7e-5
-    np.testing.assert_allclose(std, formed_std, rtol=0.02)  # within 0.2%
+    np.testing.assert_allclose(std, formed_std, rtol=0.02)  # 0.2% apart
+    # iterations that do not converge, or a partition the sketch holds too
+    # few rows of, fall back to the matrix from all rows
+    for name in ("SKETCH_CG_MAX_ITERATIONS", "SKETCH_MIN_NODE_ROWS"):
+        with monkeypatch.context() as patch:
+            patch.setattr(polish, name, 1 if name == "SKETCH_CG_MAX_ITERATIONS" else 1e6)
+            fallback = fit()
+        assert results[-1] is None
+        np.testing.assert_array_equal(fallback.predict(X_test), formed_mean)

@@ -251,7 +251,8 @@ def test_a_limit_reached_after_failed_steps_is_no_convergence_failure():
     # RuntimeWarning from the noise variances).
     rng = np.random.default_rng(6)
     X = rng.uniform(-1, 1, (300, 2))
-    rng.uniform(-1, 1, (3000, 2)), rng.standard_t(1.5, 300), rng.standard_t(1.5, 3000)  # as reported
+    # draws the report made here (its test data), so that the rows are its
+    rng.uniform(-1, 1, (3000, 2)), rng.standard_t(1.5, 300), rng.standard_t(1.5, 3000)
     y = np.tanh(5 * X[:, 0]) + 0.5 * X[:, 1] + 0.01 * rng.standard_normal(300)
     y[rng.choice(300, 6, replace=False)] += 50
     with warnings.catch_warnings():
