@@ -390,7 +390,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
             ``skpou[dask]``).
 
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            Targets. Several outputs share the partitions.
+            Targets. Several outputs share the partitions (and the
+            refinement's choices: fit outputs of different smoothness or
+            noise separately, user guide "Adaptive resolution").
 
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights; an integer weight equals repeating the row.
