@@ -21,8 +21,9 @@ they determine none of its coefficients, and the polish would use them to
 fit the nearest rows' noise, mu_k growing as 1 / pi_k. Such slivers are
 what EM leaves at a jump with sharp gates: a gate that peaks in a gap
 between two rows, larger there than at any row, with an expert whose frame
-(~1e-5 wide, fitted to one row) is a hundredth of the gap. There the blended mean went far off (a noisy 1-D
-step, 1000 rows: 193 between two rows where the target is 1.07). The
+(~1e-5 wide, fitted to one row) is a hundredth of the gap. There the
+blended mean went far off (a noisy 1-D step, 1000 rows: 193 between two
+rows where the target is 1.07). The
 held-out rows that choose alpha never fall in such a gap, and no ridge on
 the coefficients bounds an expert so far outside its frame (a change of
 0.013 to a quadratic coefficient made 88 in the gap). Holding slivers at

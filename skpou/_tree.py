@@ -199,15 +199,12 @@ class PartitionTree:
         """The finest level's predictive mean and variance (n, T), with the
         fitted noise (``noise_at``), coefficient covariances and
         calibration."""
-        if self.noise_shape is None:
-            mean, variance = self.moments(
-                X, self.finest, self.noise_var, include_spread, coef_cov_factor=self.coef_cov_factor
-            )
-        else:
-            mean, variance = self.moments(
-                X, self.finest, np.zeros_like(self.noise_var), include_spread,
-                coef_cov_factor=self.coef_cov_factor,
-            )
+        shaped = self.noise_shape is not None  # then noise_at adds the noise
+        mean, variance = self.moments(
+            X, self.finest, np.zeros_like(self.noise_var) if shaped else self.noise_var,
+            include_spread, coef_cov_factor=self.coef_cov_factor,
+        )
+        if shaped:
             variance += self.noise_at(X)
         return mean, variance * self.variance_scale
 

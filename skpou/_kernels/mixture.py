@@ -76,10 +76,10 @@ def mixture_moments(
     is left out if it has no rows): |R phi|^2 cannot fall below zero, where
     the quadratic form phi^T C phi did by its round-off, which grows as
     |phi|^2 (heat_peak_2d, degree 9: -7e-9 against a noise term of 7e-10,
-    and a NaN std). The
-    variance is summed in its centred form: sum pi (s^2 + mu^2) - mean^2
-    would cancel catastrophically where the experts fit tightly. Without
-    ``include_spread`` the spread (mu_k - mean)^2 is left out.
+    and a NaN std). The variance is summed in its centred form:
+    sum pi (s^2 + mu^2) - mean^2 would cancel catastrophically where the
+    experts fit tightly. Without ``include_spread`` the spread
+    (mu_k - mean)^2 is left out.
     """
     n_nodes = log_gate.shape[1]
     n_targets = coef.shape[2]
