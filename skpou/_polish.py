@@ -185,7 +185,7 @@ def prune_slivers(tree, data, threads):
 def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None,
                    calibration=None):
     """The polished finest experts' coefficients (K, M, T) for one ridge
-    (as ``polish_candidates``), and the residuals and leverages that give
+    (as ``polish_solver``), and the residuals and leverages that give
     the polish's leave-one-out errors at the rows ``calibration``.
 
     ``calibration``: a ``TrainingData`` of some of the rows of X, Y (or
@@ -210,10 +210,10 @@ def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, t
     return coef, _residuals_and_leverages(factor[0], calibration, tree, coef, system.total)
 
 
-def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=True,
-                      total=None):
-    """The finest experts' coefficients (K, M, T) that minimize the blended
-    error, for each ridge in ``alphas`` (the system is formed once).
+def polish_solver(X, Y, sample_weight, tree, threads, determined=True, total=None):
+    """A function of the ridge alpha giving the finest experts' coefficients
+    (K, M, T) that minimize the blended error (the system is formed once,
+    here; each call factors it with its ridge).
 
     ``tree`` gives the frozen gates and the coefficients c^0 (EM's),
     towards which the ridge alpha pulls (so nodes the data barely reach keep them). With
@@ -228,10 +228,11 @@ def polish_candidates(X, Y, sample_weight, tree, alphas, threads, determined=Tru
     """
     system = _polish_system(X, Y, sample_weight, tree, threads, total)
     coef = tree.levels[-1].coef
-    return [
-        system.solve(alpha if determined else max(alpha, UNDERDETERMINED_POLISH_RIDGE), coef)
-        for alpha in alphas
-    ]
+
+    def solve(alpha):
+        return system.solve(alpha if determined else max(alpha, UNDERDETERMINED_POLISH_RIDGE), coef)
+
+    return solve
 
 
 def sketched_polish(X, Y, sample_weight, tree, alpha, threads, total, calibration):

