@@ -213,7 +213,7 @@ def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, t
 def polish_solver(X, Y, sample_weight, tree, threads, determined=True, total=None):
     """A function of the ridge alpha giving the finest experts' coefficients
     (K, M, T) that minimize the blended error (the system is formed once,
-    here; each call factors it with its ridge).
+    here; each call solves it with its ridge).
 
     ``tree`` gives the frozen gates and the coefficients c^0 (EM's),
     towards which the ridge alpha pulls (so nodes the data barely reach keep them). With
@@ -230,7 +230,8 @@ def polish_solver(X, Y, sample_weight, tree, threads, determined=True, total=Non
     coef = tree.levels[-1].coef
 
     def solve(alpha):
-        return system.solve(alpha if determined else max(alpha, UNDERDETERMINED_POLISH_RIDGE), coef)
+        alpha = alpha if determined else max(alpha, UNDERDETERMINED_POLISH_RIDGE)
+        return system.solve(alpha, coef)
 
     return solve
 

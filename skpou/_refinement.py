@@ -39,7 +39,7 @@ import numpy as np
 from . import _evidence, _multilevel
 from ._basis import Basis, basis_values
 from ._kinks import place_boundaries_at_crossings
-from ._polish import polish_solver, prune_slivers
+from ._polish import UNDERDETERMINED_POLISH_RIDGE, polish_solver, prune_slivers
 from ._tree import PartitionTree
 
 # Doerfler marking: the partitions with the largest errors whose sum makes
@@ -203,9 +203,9 @@ def judged_error(tree, train, valid, threads, error=None, finished=None):
 
 def finished_error(tree, train, valid, threads):
     """The held-out error of the tree as the fit will finish it: kinks
-    placed (``with_kinks_placed``) and polished: the least of the polish
-    ridges' errors and, though the fit always polishes, the unpolished one.
-    Ranking by the polished errors alone was measured: on abs_sum_2d it
+    placed (``with_kinks_placed``) and polished: the least of the errors
+    of the polish ridges tried (``choose_polish_ridge``) and, though the
+    fit always polishes, the unpolished one. Ranking by the polished errors alone was measured: on abs_sum_2d it
     changed the fit of 1 of 24 held-out draws, for the worse (test error
     3.0e-4 -> 1.0e-3), and none of the smooth problems' fits. Start trees
     and branches of either gate family are compared by it."""
@@ -597,10 +597,14 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
     one per ridge tried).
 
     The ridges are tried from the smallest up, until the held-out error
-    rises: the system is formed once, but each ridge costs a factorization
-    as large as forming it. (Over twelve noise-free and noisy problems,
-    n = 100-3000, 95 judgements: where a larger ridge past a rise would
-    have had less error, by 0.5% or less.)
+    rises: the system is formed once, but each ridge costs a solve (a
+    factorization, on the dense routes) as large as forming it. (Over
+    twelve noise-free and noisy problems, n = 100-3000, 95 judgements:
+    where a larger ridge past a rise would have had less error, by 0.5% or
+    less.) Where the rows do not determine the unknowns, ridges below
+    UNDERDETERMINED_POLISH_RIDGE solve as it (``polish_solver``) and are
+    not solved again. A held-out error that is not finite counts as
+    infinite.
 
     Never no polish, even where the EM coefficients score better on the
     held-out rows: EM fits each expert to its responsibilities, and a node
@@ -618,14 +622,19 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
         train.X, train.Y, train.sample_weight, polished, threads, determined,
         train.capped_weight.sum(),
     )
-    best = None  # (error, ridge, coefficients)
+    best, solved = None, set()  # best: (error, ridge, coefficients)
     for alpha in POLISH_RIDGES:
+        effective = alpha if determined else max(alpha, UNDERDETERMINED_POLISH_RIDGE)
+        if effective in solved:
+            continue
+        solved.add(effective)
         coef = solve(alpha)
         polished.levels[-1].coef = coef
         errors.append(blended_error(polished, valid, threads))
-        if best is None or errors[-1] < best[0]:
-            best = (errors[-1], alpha, coef)
-        elif errors[-1] > best[0]:
+        error = errors[-1] if np.isfinite(errors[-1]) else np.inf
+        if best is None or error < best[0]:
+            best = (error, alpha, coef)
+        elif error > best[0]:
             break
     polished.levels[-1].coef = best[2]
     return best[1], polished, errors

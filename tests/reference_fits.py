@@ -16,11 +16,12 @@ machine that wrote it (library versions, OpenBLAS's kernels, the CPU Numba
 compiles for, numpy's SIMD level). Elsewhere the test compares at
 CROSS_MACHINE_TOLERANCE: EM amplifies round-off over its cycles, and the
 fits written on one machine moved by up to 1.3e-4 (means), 3.9e-2 (std,
-kink_triangle_wave) and 9.7e-4 (gates) of their largest value on an AMD
-EPYC with AVX-512 (Numba compiling for znver5).
+kink_triangle_wave; 3.3e-3 otherwise) and 9.7e-4 (gates) of their
+largest value on an AMD EPYC with AVX-512 (Numba compiling for znver5).
 """
 
 import argparse
+import platform
 import subprocess
 import warnings
 from pathlib import Path
@@ -30,8 +31,10 @@ import numpy as np
 from skpou import HierarchicalPOURegressor
 
 # Off the machine that wrote the file: tolerance per recorded quantity, a
-# share of its largest absolute value (see the module docstring).
-CROSS_MACHINE_TOLERANCE = {"mean": 1e-3, "std": 1e-1, "coarse_gates": 1e-2}
+# share of its largest absolute value per output (see the module
+# docstring), and per case where one moved more.
+CROSS_MACHINE_TOLERANCE = {"mean": 1e-3, "std": 1e-2, "coarse_gates": 1e-2}
+CROSS_MACHINE_CASE_TOLERANCE = {("kink_triangle_wave", "std"): 1e-1}
 
 PATH = Path(__file__).parent / "data" / "reference_predictions.npz"
 # Parameters the cases leave out, at the values they had when the stored
@@ -159,20 +162,44 @@ def fit_all():
 
 
 def fingerprint():
-    """What decides the fits' round-off: library versions, the kernels
-    OpenBLAS chose, the CPU Numba compiles for, numpy's SIMD extensions."""
-    import llvmlite.binding
+    """What decides the fits' round-off: library versions, the BLAS and its
+    kernels, the CPU Numba compiles for and its features, numpy's SIMD
+    level, the C library (Numba's math functions). A part that cannot be
+    read is recorded as "?"."""
+    def read(part):
+        try:
+            return part()
+        except Exception:  # a private or changed API: fingerprint without it
+            return "?"
+
+    def blas():
+        import threadpoolctl
+
+        return " ".join(sorted(
+            f"{info['internal_api']} {info.get('version')} {info.get('architecture')}"
+            for info in threadpoolctl.threadpool_info()
+            if info.get("internal_api") in ("openblas", "mkl", "blis")
+        ))
+
+    def numba_cpu():
+        import llvmlite.binding
+        from numba.core import config
+
+        name = config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
+        features = config.CPU_FEATURES or llvmlite.binding.get_host_cpu_features().flatten()
+        return f"{name} {features}"
+
+    def simd():
+        from numpy._core._multiarray_umath import __cpu_features__
+
+        return [name for name, enabled in __cpu_features__.items() if enabled][-1]
+
     import numba
     import scipy
-    import threadpoolctl
-    from numpy._core._multiarray_umath import __cpu_features__
 
-    blas = sorted(f"{info.get('internal_api')}:{info.get('architecture')}"
-                  for info in threadpoolctl.threadpool_info())
-    simd = [name for name, enabled in __cpu_features__.items() if enabled]
     return (f"numpy {np.__version__}, scipy {scipy.__version__}, numba {numba.__version__}; "
-            f"blas {' '.join(blas)}; cpu {llvmlite.binding.get_host_cpu_name()}; "
-            f"simd {simd[-1] if simd else 'none'}")
+            f"blas {read(blas)}; cpu {read(numba_cpu)}; simd {read(simd)}; "
+            f"libc {read(lambda: ' '.join(platform.libc_ver()))}")
 
 
 def write():

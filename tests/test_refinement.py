@@ -406,3 +406,43 @@ def test_repeated_warm_starts_stay_near_a_fresh_fit(n_repeats):
     for _ in range(n_repeats):
         model.fit(X, target(X))
     assert error(model) < 1.2 * fresh, (error(model), fresh)
+
+
+@pytest.mark.parametrize(
+    "scripted, determined, solved, chosen",
+    [
+        # the error rises at the second ridge: the larger ones are not solved
+        ([1e-9, 2e-9, 1e-10, 1e-11], True, [1e-10, 1e-8], 1e-10),
+        # falls to the third, rises at the fourth
+        ([4e-3, 3e-3, 2e-3, 5e-3], True, [1e-10, 1e-8, 1e-6, 1e-4], 1e-6),
+        # a NaN error counts as infinite: the next finite one wins
+        ([np.nan, 2e-3, 3e-3, 1e-3], True, [1e-10, 1e-8, 1e-6], 1e-8),
+        # underdetermined: 1e-10 solves as 1e-8, which is not solved again
+        ([3e-3, 2e-3, 1e-3], False, [1e-10, 1e-6, 1e-4], 1e-4),
+    ],
+)
+def test_polish_ridges_are_tried_from_the_smallest_until_the_error_rises(
+    monkeypatch, scripted, determined, solved, chosen
+):
+    from skpou import _refinement
+
+    model = HierarchicalPOURegressor(partitions=(2,), degree=1, random_state=0).fit(
+        np.linspace(0, 1, 40)[:, None], np.linspace(0, 1, 40) ** 2
+    )
+    calls, errors = [], iter([1.0] + scripted)
+
+    def solve(alpha):
+        calls.append(alpha)
+        return np.full_like(model.tree_.levels[-1].coef, alpha)
+
+    monkeypatch.setattr(_refinement, "polish_solver", lambda *args: solve)
+    monkeypatch.setattr(_refinement, "blended_error", lambda *args: next(errors))
+    monkeypatch.setattr(_refinement, "prune_slivers", lambda *args: None)
+    data = TrainingData(np.zeros((4, 1)), np.zeros((4, 1)), np.ones(4))
+    alpha, polished, tried = _refinement.choose_polish_ridge(
+        model.tree_, data, data, None, determined
+    )
+    assert calls == solved
+    assert alpha == chosen
+    assert np.all(polished.levels[-1].coef == chosen)
+    assert len(tried) == 1 + len(solved)
