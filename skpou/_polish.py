@@ -152,34 +152,62 @@ def _block_factor_entries(overlaps):
 
 
 def prune_slivers(tree, data, threads):
-    """Switch off the finest nodes whose gate holds less than one row of
-    ``data``, sum_d w_d pi_k(x_d) < W / n with w the capped weights
+    """Switch off the nodes whose gate holds less than one row of ``data``,
+    sum_d w_d pi_k(x_d) < W / n with w the capped weights
     (``TrainingData.capped_weight``: one row of huge weight would otherwise
     make every ordinary partition a sliver; out of core, the weights) and
     W their total (the module docstring says why). The heaviest live node
-    of each family stays, so that the gates still sum to one; the
-    switched-off nodes are marked in ``Level.slivers``. Returns how many."""
+    of each family stays, so that the gates still sum to one; so a sliver
+    that is its family's only node (a partition the refinement passed on
+    unchanged to a finer level) is switched off through the first ancestor
+    that has a live sibling. Levels are taken from the root down; the
+    finest nodes so switched off are marked in ``Level.slivers`` (a
+    coarser node switched off, in its level's). Returns how many finest
+    nodes were switched off.
+
+    (A squared triangle wave of 12 pieces, 1e4 rows, random_state=10: a
+    partition passed on twice held no row between two pieces, and its
+    expert, fitted to nothing, was blended in at one kink: test error
+    5.9e-4 where the other draws give 1e-12.)"""
     if tree.finest == 0:
         return 0
     weights = getattr(data, "capped_weight", None)
     if weights is None:
         weights = data.sample_weight
+    one_row = threads.total(weights) / data.n_samples
+    before = tree.gone()
 
-    def block(X, weights):
-        return (weights @ np.exp(tree.log_gates(X, tree.finest)),)
+    def block(X, weights):  # every level's masses in one pass over the rows
+        return tuple(weights @ np.exp(tree.log_gates(X, number))
+                     for number in range(1, tree.finest + 1))
 
-    (mass,) = threads.sum(block, data.X, weights)
-    level = tree.levels[-1]
-    gone = tree.gone()
-    sliver = (mass < threads.total(weights) / data.n_samples) & ~gone
-    live_mass = np.where(gone, -np.inf, mass)
-    starts = level.child_start
-    for first, end in zip(starts[:-1], starts[1:]):
-        if end > first:
-            sliver[first + np.argmax(live_mass[first:end])] = False
-    level.pruned = level.pruned | sliver
-    level.slivers = level.slivers | sliver
-    return int(sliver.sum())
+    # Taken before any node is switched off: a sliver's siblings then gain
+    # less than one row, which decides nothing here.
+    masses = threads.sum(block, data.X, weights)
+    for number, mass in enumerate(masses, start=1):
+        level = tree.levels[number]
+        gone = _gone_at(tree, number)
+        sliver = (mass < one_row) & ~gone
+        live_mass = np.where(gone, -np.inf, mass)
+        starts = level.child_start
+        for first, end in zip(starts[:-1], starts[1:]):
+            if end > first:
+                sliver[first + np.argmax(live_mass[first:end])] = False
+        level.pruned = level.pruned | sliver
+        level.slivers = level.slivers | sliver
+    finest = tree.levels[-1]
+    switched_off = tree.gone() & ~before
+    finest.slivers = finest.slivers | switched_off
+    return int(switched_off.sum())
+
+
+def _gone_at(tree, number):
+    """Nodes of level ``number`` switched off, themselves or through an
+    ancestor."""
+    gone = tree.levels[0].pruned
+    for below in range(1, number + 1):
+        gone = gone[tree.parents(below)] | tree.levels[below].pruned
+    return gone
 
 
 def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None,

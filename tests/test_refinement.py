@@ -180,6 +180,26 @@ def test_defaults_reproduce_24_quadratic_pieces_exactly():
     assert 24 <= model.n_partitions_ <= 40
 
 
+def test_a_sliver_passed_on_unchanged_is_switched_off_through_its_ancestor():
+    """12 pieces, 1e4 rows, random_state=10: refinement passed a partition
+    on unchanged to finer levels until it held no row, at the kink x = 5/6.
+    Alone in its family it was the family's heaviest node and stayed, and
+    its expert, fitted to nothing, was blended in there (test error 5.9e-4;
+    other draws 1e-12). ``prune_slivers`` now switches off its parent."""
+    def wave(x):
+        return (2 * np.abs(np.mod(12 * x, 2.0) - 1.0) - 1.0) ** 2
+
+    X = np.random.default_rng(0).random((10_000, 1))
+    model = HierarchicalPOURegressor(random_state=10).fit(X, wave(X[:, 0]))
+    tree = model.tree_
+    assert any(level.slivers.any() for level in tree.levels[1:-1])  # an ancestor's
+    assert (tree.levels[-1].slivers & tree.gone()).sum() == tree.levels[-1].slivers.sum()
+    X_test = np.random.default_rng(1).random((20_000, 1))
+    truth = wave(X_test[:, 0])
+    error = np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth)
+    assert error < 1e-8, error
+
+
 def test_smooth_target_keeps_wide_blends_and_beats_a_fixed_default():
     rng = np.random.default_rng(0)
     X = rng.uniform(0, 1, (3000, 2))
