@@ -78,8 +78,12 @@ MIN_IMPROVEMENT = 0.1
 # and at a convergence rate (``_rate``) of at least this share of the
 # asymptotic h-rate of its degree: a finer tree then still resolves the
 # target. Below it the error has reached a floor (round-off, the noise,
-# what the rows determine) that more, costlier steps only nibble at.
-MIN_RATE_SHARE = 0.25
+# what the rows determine) that more, costlier steps only nibble at. (At
+# 0.25, Franke's function on 1e5 rows, random_state=3, stopped at degree 10
+# with 24 partitions, where h-steps went on at 0.19 of the rate: test error
+# 3.7e-8 in 23 s against 7.3e-9 in 72 s at 0.15. 32 noisy fits, 1-3 D,
+# n = 1e3-1e4, 1% and 10% noise, did not change: the 10% gain binds first.)
+MIN_RATE_SHARE = 0.15
 # A held-out error below this share of the best makes the other kind of
 # step not worth trying.
 CLEAR_GAIN = 0.25
