@@ -720,8 +720,10 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         partitions switched off as slivers on the training rows stay off
         (on all rows one may hold a few: from EM's experts instead, Runge's
         function on 1e5 rows, random_state=2, had 3.7e-9 against the judged
-        polish's 1.7e-10). Not where kinks moved boundaries: the gates are
-        then others than those judged.
+        polish's 1.7e-10). Where all rows make further slivers, the judged
+        coefficients of the other partitions are still the start (the
+        gates then differ from those judged by less than a row's worth).
+        Not where kinks moved boundaries: the gates are then others.
         """
         threads = settings.threads
         if tree.prior is not None:  # the Bayesian root: its own final fit
@@ -745,9 +747,14 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if polish_alpha is not None:
             determined = tree.levels[-1].coef.size // data.Y.shape[1] <= n_distinct
             if judged is not None:  # the partitions judged switched off stay off
+                before = tree.gone()
                 for level, judged_level in zip(tree.levels, judged.levels):
                     level.pruned = level.pruned | judged_level.pruned
                     level.slivers = level.slivers | judged_level.slivers
+                kept_off = int((tree.gone() & ~before).sum())
+                if kept_off:
+                    _multilevel.log(settings, f"kept off {kept_off} partitions the judged "
+                                              "polish switched off")
             if determined:
                 slivers = prune_slivers(tree, data, threads)
                 if slivers:
@@ -808,8 +815,9 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
         if slivers.any():
             warnings.warn(
                 f"{int(slivers.sum())} of {gone.size} partitions held less than one "
-                "sample's worth of gate and were switched off before the polish (the "
-                "samples do not determine their experts). Fewer partitions give the "
+                "sample's worth of gate (of the training rows, where some were held "
+                "out) and were switched off before the polish (the samples do not "
+                "determine their experts). Fewer partitions give the "
                 'same model for less; partitions="auto" chooses how many the data '
                 "support.",
                 UserWarning,

@@ -209,13 +209,16 @@ def finished_error(tree, train, valid, threads):
     """The held-out error of the tree as the fit will finish it: kinks
     placed (``with_kinks_placed``) and polished: the least of the errors
     of the polish ridges tried (``choose_polish_ridge``) and, though the
-    fit always polishes, the unpolished one. Ranking by the polished errors alone was measured: on abs_sum_2d it
-    changed the fit of 1 of 24 held-out draws, for the worse (test error
-    3.0e-4 -> 1.0e-3), and none of the smooth problems' fits. Start trees
-    and branches of either gate family are compared by it."""
-    return min(choose_polish_ridge(
+    fit always polishes, the unpolished one (an error that is not finite
+    counts as infinite). Ranking by the polished errors alone was
+    measured: on abs_sum_2d it changed the fit of 1 of 24 held-out draws,
+    for the worse (test error 3.0e-4 -> 1.0e-3), and none of the smooth
+    problems' fits. Start trees and branches of either gate family are
+    compared by it."""
+    errors = np.array(choose_polish_ridge(
         with_kinks_placed(tree, train, threads), train, valid, threads, True
     )[2])
+    return float(np.where(np.isfinite(errors), errors, np.inf).min())
 
 
 def held_out_error(tree, train, valid, threads):
@@ -596,9 +599,10 @@ POLISH_RIDGES = (1e-10, 1e-8, 1e-6, 1e-4)
 
 
 def choose_polish_ridge(tree, train, valid, threads, determined):
-    """The polish ridge with the least held-out error, the tree with the
-    coefficients it gives, and the held-out errors (unpolished first, then
-    one per ridge tried).
+    """The polish ridge with the least held-out error (as solved: at least
+    UNDERDETERMINED_POLISH_RIDGE where the rows do not determine the
+    unknowns), the tree with the coefficients it gives, and the held-out
+    errors (unpolished first, then one per ridge tried).
 
     The ridges are tried from the smallest up, until the held-out error
     rises: the system is formed once, but each ridge costs a solve (a
@@ -637,7 +641,7 @@ def choose_polish_ridge(tree, train, valid, threads, determined):
         errors.append(blended_error(polished, valid, threads))
         error = errors[-1] if np.isfinite(errors[-1]) else np.inf
         if best is None or error < best[0]:
-            best = (error, alpha, coef)
+            best = (error, effective, coef)
         elif error > best[0]:
             break
     polished.levels[-1].coef = best[2]

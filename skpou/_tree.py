@@ -42,8 +42,11 @@ class Level:
     - ``pruned`` (K,): nodes switched off (zero gate everywhere);
     - ``absorbed`` (K,): those of them whose gate held data, but whose
       responsibilities EM gave to their neighbours;
-    - ``slivers`` (K,): those of them switched off before the polish, their
-      gate holding less than one row (``skpou._polish.prune_slivers``).
+    - ``slivers`` (K,): nodes switched off before the polish, themselves or
+      (finest nodes) through an ancestor, their gate holding less than one
+      row (``skpou._polish.prune_slivers``; with held-out rows, one of the
+      training rows: the final fit keeps those the judged polish switched
+      off).
     """
 
     child_start: np.ndarray = None
@@ -61,6 +64,12 @@ class Level:
             self.absorbed = np.zeros_like(self.pruned)
         if self.slivers is None and self.pruned is not None:
             self.slivers = np.zeros_like(self.pruned)
+
+    def __setstate__(self, state):
+        """Unpickling a level pickled before ``absorbed`` or ``slivers``
+        existed: none of its nodes is either."""
+        vars(self).update(state)
+        self.__post_init__()
 
     @property
     def n_nodes(self):
@@ -149,12 +158,20 @@ class PartitionTree:
         """log pi_k(x) (n_samples, K) of every node of a level: the product of
         the gates above it."""
         log_gate = np.zeros((X.shape[0], 1))
+        for log_gate in self.log_gates_by_level(X, level):
+            pass
+        return log_gate
+
+    def log_gates_by_level(self, X, level):
+        """The log gates (n_samples, K_l) of levels 1 to ``level`` in turn,
+        each from the one above."""
+        log_gate = np.zeros((X.shape[0], 1))
         for below in self.levels[1:level + 1]:
             log_gate = level_log_gates(
                 self.gates, X, below.gate_params, log_gate, below.child_start,
                 below.pruned, NEGLIGIBLE_LOG_GATE,
             )
-        return log_gate
+            yield log_gate
 
     def e_step(self, X, Y, level, resp, log_lik):
         """Responsibilities and per-row log-likelihood of a level's mixture,

@@ -318,6 +318,27 @@ def test_prune_slivers_keeps_a_partition_of_unity():
         assert not level.pruned[first:end].all()
 
 
+def test_a_sliver_alone_in_its_family_is_switched_off_through_its_parent():
+    # partitions (2, 1): each finest node is its family's only one, so only
+    # its parent can be switched off; one row at the left holds no gate of
+    # the right-hand partition
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (400, 1))
+    y = np.sin(3 * X[:, 0])
+    model = HierarchicalPOURegressor(partitions=(2, 1), degree=2, random_state=0).fit(X, y)
+    tree = model.tree_.copy()
+    row = np.array([[-0.99]])
+    share = np.exp(tree.log_gates(row, 1))[0]
+    n_off = polish.prune_slivers(tree, TrainingData(row, np.zeros((1, 1)), np.ones(1)), Threads())
+    assert n_off == 1
+    light = int(np.argmin(share))
+    assert tree.levels[1].pruned[light] and tree.levels[1].slivers[light]
+    assert tree.gone()[light] and tree.levels[-1].slivers[light]
+    assert not tree.gone()[1 - light]
+    np.testing.assert_allclose(np.exp(tree.log_gates(X, tree.finest)).sum(axis=1), 1.0,
+                               rtol=1e-12)
+
+
 def test_one_huge_weight_does_not_make_ordinary_partitions_slivers():
     # with the raw weights one row of weight 1e6 made W / n ~ 1e-3 of a
     # row, and partitions of 11-48 ordinary rows counted as slivers
@@ -419,7 +440,7 @@ def test_sketched_polish_matches_the_polish_formed_from_all_rows(monkeypatch):
         np.testing.assert_array_equal(fallback.predict(X_test), formed_mean)
 
 
-def test_partitions_the_judged_polish_switched_off_stay_off():
+def test_partitions_the_judged_polish_switched_off_stay_off(monkeypatch):
     """Runge's function, 1e5 rows (EM and the judged polish on a subsample
     of 18 000), random_state=2: a partition that held less than one of the
     subsample's rows holds a few of all rows. The final polish then started
@@ -428,9 +449,20 @@ def test_partitions_the_judged_polish_switched_off_stay_off():
     rng = np.random.default_rng(0)
     X = -1 + 2 * rng.random((100_000, 1))
     y = 1 / (1 + 25 * X[:, 0] ** 2)
+    from skpou import _estimator, _refinement
+
+    judged = []
+    choose = _refinement.choose_polish_ridge
+
+    def spying_choose(*args):
+        judged.append(choose(*args))
+        return judged[-1]
+
+    monkeypatch.setattr(_estimator._refinement, "choose_polish_ridge", spying_choose)
     model = HierarchicalPOURegressor(random_state=2).fit(X, y)
     X_test = -1 + 2 * np.random.default_rng(1).random((20_000, 1))
     truth = 1 / (1 + 25 * X_test[:, 0] ** 2)
     error = np.linalg.norm(model.predict(X_test) - truth) / np.linalg.norm(truth)
     assert error < 1e-9, error
-    assert model.tree_.levels[-1].slivers.any()
+    judged_gone = judged[-1][1].gone()
+    assert judged_gone.any() and not (judged_gone & ~model.tree_.gone()).any()

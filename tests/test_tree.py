@@ -114,3 +114,17 @@ def test_parameter_variance_is_accurate_where_the_basis_is_large():
     tree.coef_cov_factor = np.broadcast_to(factor, (1, n_basis) + factor.shape).copy()
     variance = tree.moments(X, 1, no_noise, False, coef_cov_factor=tree.coef_cov_factor)[1]
     np.testing.assert_allclose(variance[0], (1e-12 * np.linalg.norm(phi)) ** 2, rtol=1e-6)
+
+
+def test_levels_pickled_before_absorbed_and_slivers_get_them_empty():
+    import pickle
+
+    from skpou._tree import Level
+
+    level = Level(child_start=np.array([0, 2]), pruned=np.array([False, True]))
+    state = pickle.loads(pickle.dumps(level))
+    vars(state).pop("absorbed")
+    vars(state).pop("slivers")  # as a level pickled before they existed
+    old = pickle.loads(pickle.dumps(state))
+    np.testing.assert_array_equal(old.absorbed, [False, False])
+    np.testing.assert_array_equal(old.slivers, [False, False])
