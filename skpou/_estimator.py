@@ -676,14 +676,17 @@ class HierarchicalPOURegressor(RegressorMixin, BaseEstimator):
                 Basis(n_features, self.degree_), gates, train, valid, self.n_cycles,
                 settings, random_state, sharp, loo_root=self.degree == "auto",
             )
+        rival = None  # the Bayesian root, which a grown tree must beat
+        if self.degree == "auto":
+            rival = _refinement.bayesian_root(gates, train, valid, settings)
         tree, path, converged = _refinement.grow_branches(
             starts, path, train, valid, self.n_cycles, self.n_iter_no_change, settings,
             random_state, fixed_degree=self.degree != "auto",
+            rival_error=None if rival is None else rival[1],
         )
         self.gate_alpha_ = tree.gates.ridge
-        if self.degree == "auto":
-            tree = _refinement.bayesian_root_if_better(tree, path, gates, train, valid,
-                                                       settings)
+        if rival is not None:
+            tree = _refinement.bayesian_root_if_better(tree, path, rival, train, settings)
             converged = converged or tree.prior is not None  # no refinement limit applies
         history = self._history
         for step in path:

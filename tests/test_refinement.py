@@ -12,7 +12,7 @@ from skpou._data import TrainingData
 from skpou._gates import make_gate
 from skpou._refinement import (
     LOO_ROWS_PER_UNKNOWN, _improves, leave_one_out_errors, legendre_decay, loo_root_degree,
-    mark, root_degree,
+    mark, out_of_reach, root_degree,
 )
 
 
@@ -57,6 +57,30 @@ def test_a_step_improves_only_at_a_fair_share_of_the_asymptotic_rate():
     assert _improves(1.0, before, 0.89, Tree(22, 5))
     sharp = Tree(20, 4, gate_alpha=1e-20), Tree(22, 4, gate_alpha=1e-20)
     assert _improves(1.0, sharp[0], 0.89, sharp[1])
+
+
+def test_a_tree_is_out_of_the_roots_reach_only_if_h_steps_cannot_get_near_it():
+    class Tree:  # what out_of_reach reads
+        def __init__(self, n_nodes, degree, n_features):
+            self.basis = Basis(n_features, degree)
+            self.n_nodes = n_nodes
+
+        def gone(self):
+            return np.zeros(self.n_nodes, dtype=bool)
+
+    # Friedman 1 at 1e4 rows: 16 partitions of degree 4 in 5-D (2016
+    # unknowns, at most 2250): at 2 x rate 2 the error falls at most to
+    # 0.645 of 2e-11, far above the root's 2.9e-13
+    friedman = Tree(16, 4, 5)
+    assert out_of_reach(2e-11, friedman, 2.9e-13, 9000)
+    assert not out_of_reach(2e-11, friedman, 1.5e-11, 9000)  # 0.645 * 2e-11 < 0.9 * 1.5e-11
+    # Franke at degree 10 (rate 2 x 11) gains 0.49 from 33 to 34 partitions
+    franke = Tree(33, 10, 2)
+    assert not out_of_reach(1.85e-15, franke, 1.5e-15, 8979)
+    assert out_of_reach(1.85e-15, franke, 1e-15, 8979)
+    # at the rows' limit no growth is left: out of reach unless within the margin
+    assert out_of_reach(1e-12, Tree(18, 4, 5), 1.1e-12, 9000)
+    assert not out_of_reach(1e-12, Tree(18, 4, 5), 1.2e-12, 9000)
 
 
 def test_root_degree_is_what_the_rows_determine():
