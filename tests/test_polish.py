@@ -301,12 +301,17 @@ def test_a_sliver_gate_between_rows_is_switched_off_before_the_polish():
     assert error[np.abs(grid[:, 0] - 0.37) > 0.005].max() < 0.05
 
 
-def test_prune_slivers_keeps_a_partition_of_unity():
-    rng = np.random.default_rng(0)
-    X = rng.uniform(-1, 1, (400, 1))
+def _sine_tree(partitions):
+    """400 rows of sin(3 x) on [-1, 1], a fixed tree fitted to them: X, y
+    and a copy of the tree."""
+    X = np.random.default_rng(0).uniform(-1, 1, (400, 1))
     y = np.sin(3 * X[:, 0])
-    model = HierarchicalPOURegressor(partitions=(2, 4), degree=2, random_state=0).fit(X, y)
-    tree = model.tree_.copy()
+    model = HierarchicalPOURegressor(partitions=partitions, degree=2, random_state=0).fit(X, y)
+    return X, y, model.tree_.copy()
+
+
+def test_prune_slivers_keeps_a_partition_of_unity():
+    X, y, tree = _sine_tree((2, 4))
     level = tree.levels[-1]
     level.pruned[level.child_start[:-1]] = True  # each family's first, already gone
     # one row of the 400 leaves most nodes far below one row's worth
@@ -322,11 +327,7 @@ def test_a_sliver_alone_in_its_family_is_switched_off_through_its_parent():
     # partitions (2, 1): each finest node is its family's only one, so only
     # its parent can be switched off; one row at the left holds no gate of
     # the right-hand partition
-    rng = np.random.default_rng(0)
-    X = rng.uniform(-1, 1, (400, 1))
-    y = np.sin(3 * X[:, 0])
-    model = HierarchicalPOURegressor(partitions=(2, 1), degree=2, random_state=0).fit(X, y)
-    tree = model.tree_.copy()
+    X, _, tree = _sine_tree((2, 1))
     row = np.array([[-0.99]])
     share = np.exp(tree.log_gates(row, 1))[0]
     n_off = polish.prune_slivers(tree, TrainingData(row, np.zeros((1, 1)), np.ones(1)), Threads())
