@@ -189,7 +189,7 @@ def prune_slivers(tree, data, threads):
     masses = threads.sum(block, data.X, weights)
     for number, mass in enumerate(masses, start=1):
         level = tree.levels[number]
-        gone = _gone_at(tree, number)
+        gone = tree.gone(number)
         sliver = (mass < one_row) & ~gone
         live_mass = np.where(gone, -np.inf, mass)
         starts = level.child_start
@@ -202,15 +202,6 @@ def prune_slivers(tree, data, threads):
     switched_off = tree.gone() & ~before
     finest.slivers = finest.slivers | switched_off
     return int(switched_off.sum())
-
-
-def _gone_at(tree, number):
-    """Nodes of level ``number`` switched off, themselves or through an
-    ancestor."""
-    gone = tree.levels[0].pruned
-    for below in range(1, number + 1):
-        gone = gone[tree.parents(below)] | tree.levels[below].pruned
-    return gone
 
 
 def polish_experts(X, Y, sample_weight, tree, alpha, threads, determined=True, total=None,

@@ -147,11 +147,13 @@ class PartitionTree:
         """Responsibilities of level - 1 from level's: each node's children summed."""
         return sum_over_siblings(resp, self.levels[level].child_start)
 
-    def gone(self):
-        """Finest nodes switched off, themselves or through an ancestor."""
+    def gone(self, level=None):
+        """Nodes of ``level`` (default: the finest) switched off, themselves
+        or through an ancestor."""
+        level = self.finest if level is None else level
         gone = self.levels[0].pruned
-        for level in range(1, len(self.levels)):
-            gone = gone[self.parents(level)] | self.levels[level].pruned
+        for below in range(1, level + 1):
+            gone = gone[self.parents(below)] | self.levels[below].pruned
         return gone
 
     def log_gates(self, X, level):
